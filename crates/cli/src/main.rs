@@ -1,0 +1,76 @@
+//! `escale`: a thin command line over the escale libraries.
+//!
+//! Each subcommand lives in its own file under `cmd/` with an `Args` struct (clap) and a `run`
+//! function; the libraries do the work and return typed errors, this binary only parses flags,
+//! prints and sets the exit code.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "escale",
+    version,
+    about = "Grow language models the EfficientScale way: Scale-Up (dense width/depth growth) and \
+             Scale-Out (sparse upcycling to Mixture of Experts), with continued pretraining.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the architecture, parameter counts, dtypes and shards of a Hugging Face model folder.
+    Inspect(cmd::inspect::Args),
+    /// Compare two models' logits on the same tokens (exactness check after growth).
+    Verify(cmd::verify::Args),
+    /// Validation loss / perplexity of a model on text or a tokenized dataset.
+    Eval(cmd::eval::Args),
+    /// Generate text from a prompt (greedy or sampled, with a KV cache).
+    Generate(cmd::generate::Args),
+    /// Scale-Up: initialise a larger dense model from a smaller one (FPI, AKI, AKI-Pro).
+    ScaleUp(cmd::scale_up::Args),
+    /// Scale-Out: upcycle a dense model into a Mixture of Experts.
+    ScaleOut(cmd::scale_out::Args),
+    /// Tokenize text/JSONL into a Megatron indexed dataset (.bin/.idx).
+    PrepareData(cmd::prepare_data::Args),
+    /// Train a small byte-level BPE tokenizer on a corpus.
+    TrainTokenizer(cmd::train_tokenizer::Args),
+    /// Generate the built-in synthetic bilingual (English + Chinese) corpus.
+    MakeCorpus(cmd::make_corpus::Args),
+    /// Create a randomly initialised model from a config.json (training from scratch).
+    Init(cmd::init::Args),
+    /// Continued pretraining of a dense or MoE model.
+    Train(cmd::train::Args),
+    /// Run an EfficientScale pipeline described by a YAML file.
+    Run(cmd::run::Args),
+    /// Run the built-in demo pipeline on the built-in corpus.
+    Demo(cmd::demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::ScaleUp(a) => cmd::scale_up::run(a),
+        Command::ScaleOut(a) => cmd::scale_out::run(a),
+        Command::PrepareData(a) => cmd::prepare_data::run(a),
+        Command::TrainTokenizer(a) => cmd::train_tokenizer::run(a),
+        Command::MakeCorpus(a) => cmd::make_corpus::run(a),
+        Command::Init(a) => cmd::init::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    if let Err(err) = result {
+        // `{:#}` prints the whole context chain on one line: "reading X: tensor Y: ..."
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,359 @@
+//! Streaming, sharded, atomic writing of Hugging Face model folders.
+//!
+//! The caller declares every tensor (name, dtype, shape) up front. That fixes the shard layout
+//! and every tensor's byte offset before any data exists, so tensors can then be written in any
+//! order, from any thread, straight to their final position (`pwrite`): nothing is buffered
+//! beyond the tensor the caller is holding, whatever the shard size.
+//!
+//! Everything goes into a hidden temporary folder beside the target, which is renamed into place
+//! by [`CheckpointWriter::finish`] only when complete; dropping an unfinished writer removes it.
+//! An existing non-empty output is refused unless `force` is set, and even then it is replaced
+//! only at the final rename, never half-overwritten.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::ModelConfig;
+use crate::dtype::{encode_from_f32, DType};
+use crate::error::{FormatError, Result};
+use crate::reader::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+
+/// HF's default `max_shard_size` ("5GB").
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Start a new shard when the next tensor would push the current one past this many bytes.
+    pub max_shard_bytes: u64,
+    /// Replace a non-empty output folder (atomically, at the end).
+    pub force: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, force: false }
+    }
+}
+
+/// Parses sizes like `5GB`, `500MB`, `20KB`, `1GiB` or a plain byte count (HF's `max_shard_size`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((num * mult) as u64)
+}
+
+/// A declared output tensor.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, dtype: DType, shape: Vec<usize>) -> Self {
+        TensorSpec { name: name.into(), dtype, shape }
+    }
+    pub fn byte_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size_in_bytes() as u64
+    }
+}
+
+struct Slot {
+    shard: usize,
+    /// Absolute offset of the data in the shard file.
+    offset: u64,
+    spec: TensorSpec,
+    written: AtomicBool,
+}
+
+struct ShardFile {
+    name: String,
+    file: File,
+}
+
+pub struct CheckpointWriter {
+    out_dir: PathBuf,
+    tmp_dir: PathBuf,
+    force: bool,
+    shards: Vec<ShardFile>,
+    slots: Vec<Slot>,
+    by_name: HashMap<String, usize>,
+    finished: bool,
+}
+
+fn temp_sibling(out_dir: &Path, tag: &str) -> Result<PathBuf> {
+    let name = out_dir
+        .file_name()
+        .ok_or_else(|| FormatError::Other { path: out_dir.to_path_buf(), message: "output path has no folder name".into() })?;
+    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(parent.join(format!(".{}.escale-{tag}-{}", name.to_string_lossy(), std::process::id())))
+}
+
+fn is_nonempty_dir(path: &Path) -> bool {
+    match std::fs::read_dir(path) {
+        Ok(mut it) => it.next().is_some(),
+        Err(_) => path.exists(),
+    }
+}
+
+/// Refuses to replace a non-empty output unless forced (checked before any work is done).
+pub fn check_output(out_dir: &Path, force: bool) -> Result<()> {
+    if !force && is_nonempty_dir(out_dir) {
+        return Err(FormatError::OutputExists { path: out_dir.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// Assigns tensors to shards greedily in declaration order, like transformers' `save_pretrained`.
+fn plan_shards(specs: &[TensorSpec], max_shard_bytes: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for (i, spec) in specs.iter().enumerate() {
+        let size = spec.byte_len();
+        if !shards.last().unwrap().is_empty() && current + size > max_shard_bytes {
+            shards.push(Vec::new());
+            current = 0;
+        }
+        shards.last_mut().unwrap().push(i);
+        current += size;
+    }
+    shards
+}
+
+fn shard_name(i: usize, n: usize) -> String {
+    if n == 1 {
+        SINGLE_FILE.to_string()
+    } else {
+        format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+    }
+}
+
+/// The safetensors header for a shard: JSON padded with spaces to a multiple of 8 bytes.
+fn shard_header(specs: &[&TensorSpec]) -> Vec<u8> {
+    let mut map = Map::new();
+    map.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for spec in specs {
+        let end = offset + spec.byte_len();
+        map.insert(
+            spec.name.clone(),
+            json!({"dtype": spec.dtype.safetensors_name(), "shape": spec.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&Value::Object(map)).expect("header serialises");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out
+}
+
+impl CheckpointWriter {
+    /// Declares the output: tensors are laid out in the given order.
+    pub fn create(out_dir: &Path, tensors: Vec<TensorSpec>, options: &WriterOptions) -> Result<CheckpointWriter> {
+        check_output(out_dir, options.force)?;
+        let mut seen = HashMap::new();
+        for (i, t) in tensors.iter().enumerate() {
+            if seen.insert(t.name.clone(), i).is_some() {
+                return Err(FormatError::tensor(out_dir, &t.name, "declared twice"));
+            }
+        }
+        let tmp_dir = temp_sibling(out_dir, "tmp")?;
+        if tmp_dir.exists() {
+            std::fs::remove_dir_all(&tmp_dir).map_err(|e| FormatError::io(&tmp_dir, e))?;
+        }
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| FormatError::io(&tmp_dir, e))?;
+
+        let plan = plan_shards(&tensors, options.max_shard_bytes.max(1));
+        let n = plan.len();
+        let mut shards = Vec::with_capacity(n);
+        let mut slot_of: Vec<Option<(usize, u64)>> = vec![None; tensors.len()];
+        for (s, members) in plan.iter().enumerate() {
+            let specs: Vec<&TensorSpec> = members.iter().map(|&i| &tensors[i]).collect();
+            let header = shard_header(&specs);
+            let name = shard_name(s, n);
+            let path = tmp_dir.join(&name);
+            let file = File::create(&path).map_err(|e| FormatError::io(&path, e))?;
+            let data_len: u64 = specs.iter().map(|t| t.byte_len()).sum();
+            // Sizing the file up front lets tensors land at their offsets in any order.
+            file.set_len(header.len() as u64 + data_len).map_err(|e| FormatError::io(&path, e))?;
+            file.write_all_at(&header, 0).map_err(|e| FormatError::io(&path, e))?;
+            let mut offset = header.len() as u64;
+            for &i in members {
+                slot_of[i] = Some((s, offset));
+                offset += tensors[i].byte_len();
+            }
+            shards.push(ShardFile { name, file });
+        }
+        let slots: Vec<Slot> = tensors
+            .into_iter()
+            .zip(slot_of)
+            .map(|(spec, at)| {
+                let (shard, offset) = at.expect("every tensor is planned");
+                Slot { shard, offset, spec, written: AtomicBool::new(false) }
+            })
+            .collect();
+        Ok(CheckpointWriter {
+            out_dir: out_dir.to_path_buf(),
+            tmp_dir,
+            force: options.force,
+            shards,
+            by_name: seen,
+            slots,
+            finished: false,
+        })
+    }
+
+    /// The folder being filled; put extra files (manifests, trainer state) here before `finish`.
+    pub fn staging_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// Declared tensors in layout order.
+    pub fn specs(&self) -> impl Iterator<Item = &TensorSpec> {
+        self.slots.iter().map(|s| &s.spec)
+    }
+
+    fn slot(&self, name: &str) -> Result<&Slot> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.slots[i])
+            .ok_or_else(|| FormatError::tensor(&self.out_dir, name, "was not declared for this output"))
+    }
+
+    /// Writes a tensor's bytes (already in its declared dtype). Safe to call from many threads.
+    pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let slot = self.slot(name)?;
+        if bytes.len() as u64 != slot.spec.byte_len() {
+            return Err(FormatError::tensor(
+                &self.out_dir,
+                name,
+                format!("got {} bytes, shape {:?} in {} needs {}", bytes.len(), slot.spec.shape, slot.spec.dtype, slot.spec.byte_len()),
+            ));
+        }
+        if slot.written.swap(true, Ordering::SeqCst) {
+            return Err(FormatError::tensor(&self.out_dir, name, "written twice"));
+        }
+        let shard = &self.shards[slot.shard];
+        shard
+            .file
+            .write_all_at(bytes, slot.offset)
+            .map_err(|e| FormatError::io(self.tmp_dir.join(&shard.name), e))
+    }
+
+    /// Writes f32 values, rounding once to the tensor's declared dtype.
+    pub fn write_f32(&self, name: &str, values: &[f32]) -> Result<()> {
+        let dtype = self.slot(name)?.spec.dtype;
+        let mut bytes = Vec::new();
+        encode_from_f32(dtype, values, &mut bytes);
+        self.write_bytes(name, &bytes)
+    }
+
+    /// Completes the folder: checks every tensor was written, syncs the shards, writes the index,
+    /// config.json and the auxiliary files copied from `aux_source` (tokenizer, generation config),
+    /// then renames the folder into place.
+    pub fn finish(mut self, config: &ModelConfig, aux_source: Option<&Path>) -> Result<PathBuf> {
+        if let Some(missing) = self.slots.iter().find(|s| !s.written.load(Ordering::SeqCst)) {
+            return Err(FormatError::tensor(&self.out_dir, &missing.spec.name, "declared but never written"));
+        }
+        for shard in &self.shards {
+            shard.file.sync_all().map_err(|e| FormatError::io(self.tmp_dir.join(&shard.name), e))?;
+        }
+        if self.shards.len() > 1 {
+            self.write_index()?;
+        }
+        write_file(&self.tmp_dir.join(CONFIG_FILE), config.to_json_string().as_bytes())?;
+        if let Some(src) = aux_source {
+            copy_auxiliary_files(src, &self.tmp_dir)?;
+        }
+        publish_dir(&self.tmp_dir, &self.out_dir, self.force)?;
+        self.finished = true;
+        Ok(self.out_dir.clone())
+    }
+
+    fn write_index(&self) -> Result<()> {
+        let mut weight_map = Map::new();
+        let mut names: Vec<&Slot> = self.slots.iter().collect();
+        names.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        for slot in names {
+            weight_map.insert(slot.spec.name.clone(), self.shards[slot.shard].name.clone().into());
+        }
+        let total: u64 = self.slots.iter().map(|s| s.spec.byte_len()).sum();
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let mut text = serde_json::to_string_pretty(&index).expect("index serialises");
+        text.push('\n');
+        write_file(&self.tmp_dir.join(INDEX_FILE), text.as_bytes())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_dir_all(&self.tmp_dir);
+        }
+    }
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| FormatError::io(path, e))
+}
+
+/// Copies tokenizer files and generation_config.json from a source model folder, when present.
+pub fn copy_auxiliary_files(src: &Path, dst: &Path) -> Result<()> {
+    for name in crate::AUXILIARY_FILES {
+        let from = src.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, dst.join(name)).map_err(|e| FormatError::io(&from, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves a completed folder into place. With `force`, an existing target is first moved aside
+/// and only deleted once the new folder is in place.
+pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, force: bool) -> Result<()> {
+    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| FormatError::io(parent, e))?;
+    }
+    let mut old = None;
+    if out_dir.exists() {
+        if is_nonempty_dir(out_dir) && !force {
+            return Err(FormatError::OutputExists { path: out_dir.to_path_buf() });
+        }
+        let aside = temp_sibling(out_dir, "old")?;
+        std::fs::rename(out_dir, &aside).map_err(|e| FormatError::io(out_dir, e))?;
+        old = Some(aside);
+    }
+    std::fs::rename(tmp_dir, out_dir).map_err(|e| FormatError::io(out_dir, e))?;
+    if let Some(aside) = old {
+        let _ = std::fs::remove_dir_all(aside);
+    }
+    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Make the rename durable; best effort (not every filesystem allows syncing a folder).
+        if let Ok(dir) = File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
