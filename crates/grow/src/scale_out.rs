@@ -1,0 +1,1 @@
+//! Scale-Out (being implemented).

@@ -1,0 +1,1 @@
+//! Scale-Up (being implemented).
