@@ -1,1 +1,0 @@
-//! Scale-Out (being implemented).

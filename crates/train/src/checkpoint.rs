@@ -1,0 +1,166 @@
+//! Training checkpoints: `<output>/checkpoints/step-NNNNNNNN/`, each a complete HF model folder
+//! (loadable by transformers and every escale command) plus the trainer state beside the weights:
+//!
+//! * `trainer_state.json`: step, tokens, FLOPs, schedule, data sampler position, fingerprints;
+//! * `optimizer.safetensors`: AdamW moments (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+//!
+//! The folder is filled in a hidden staging folder and renamed into place in one step (the model's
+//! `save`), so a folder named `step-*` is complete by construction, whenever the process dies.
+//! Discovery still checks for the state file, so a folder made some other way is never resumed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::fnv1a;
+use crate::error::{Result, TrainError};
+use crate::optim::AdamWConfig;
+use crate::schedule::LrSchedule;
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const PREFIX: &str = "step-";
+
+/// Everything besides weights and moments needed to continue a run exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub tokens: u64,
+    pub flops: f64,
+    pub schedule: LrSchedule,
+    pub adamw: AdamWConfig,
+    /// The data sampler's own serialised position (its RNG and cursor).
+    pub sampler: serde_json::Value,
+    pub seed: u64,
+    /// Architecture fingerprint (see [`model_fingerprint`]).
+    pub model_fingerprint: String,
+    /// `TrainConfig::run_fingerprint` of the run that wrote it.
+    pub run_fingerprint: String,
+    /// Names of the parameters being trained (the rest are frozen).
+    pub trainable: Vec<String>,
+    pub best_val_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    /// Consecutive skipped (non-finite) steps at save time.
+    pub nonfinite_in_row: u32,
+    /// Wall time spent training so far (seconds), for the final summary.
+    pub elapsed_s: f64,
+}
+
+/// Identity of an architecture: model type plus every tensor name and shape it implies. Two
+/// models with the same fingerprint can exchange weights and optimizer state.
+pub fn model_fingerprint(cfg: &escale_formats::ModelConfig) -> String {
+    let mut s = format!("{}|{}|{}|", cfg.model_type, cfg.rope_theta, cfg.tie_word_embeddings);
+    for (param, shape) in escale_formats::expected_params(cfg) {
+        s.push_str(&escale_formats::hf_name(cfg.model_type, param));
+        s.push_str(&format!("{shape:?};"));
+    }
+    format!("{:016x}", fnv1a(s.as_bytes()))
+}
+
+pub fn checkpoints_root(output: &Path) -> PathBuf {
+    output.join("checkpoints")
+}
+
+pub fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
+    checkpoints_root(output).join(format!("{PREFIX}{step:08}"))
+}
+
+/// Complete checkpoints under `output`, oldest first.
+pub fn list_checkpoints(output: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = checkpoints_root(output);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(&root, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io(&root, e))?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let dir = entry.path();
+        if dir.join(STATE_FILE).is_file() && dir.join(OPTIMIZER_FILE).is_file() && dir.join("config.json").is_file() {
+            out.push((step, dir));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The most recent complete checkpoint, if any.
+pub fn latest_checkpoint(output: &Path) -> Result<Option<(u64, PathBuf)>> {
+    Ok(list_checkpoints(output)?.pop())
+}
+
+/// Deletes all but the `keep` most recent checkpoints. Each is first renamed to a hidden name,
+/// so an interrupted deletion never leaves something that looks like a checkpoint.
+pub fn rotate_checkpoints(output: &Path, keep: usize) -> Result<()> {
+    let all = list_checkpoints(output)?;
+    let excess = all.len().saturating_sub(keep.max(1));
+    for (step, dir) in all.into_iter().take(excess) {
+        let trash = checkpoints_root(output).join(format!(".deleting-{step:08}"));
+        std::fs::rename(&dir, &trash).map_err(|e| TrainError::io(&dir, e))?;
+        std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))?;
+    }
+    Ok(())
+}
+
+pub fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
+    let path = dir.join(STATE_FILE);
+    let text = serde_json::to_string_pretty(state).expect("state serialises");
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(dir, format!("{STATE_FILE} is invalid: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_checkpoint(output: &Path, step: u64, complete: bool) {
+        let d = checkpoint_dir(output, step);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), "{}").unwrap();
+        std::fs::write(d.join(OPTIMIZER_FILE), "").unwrap();
+        if complete {
+            std::fs::write(d.join(STATE_FILE), "{}").unwrap();
+        }
+    }
+
+    #[test]
+    fn latest_skips_incomplete_and_rotation_keeps_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        assert_eq!(latest_checkpoint(out).unwrap(), None);
+        for s in [2, 10, 4] {
+            fake_checkpoint(out, s, true);
+        }
+        fake_checkpoint(out, 12, false);
+        std::fs::create_dir_all(checkpoints_root(out).join("notes")).unwrap();
+        assert_eq!(latest_checkpoint(out).unwrap().unwrap().0, 10);
+        rotate_checkpoints(out, 2).unwrap();
+        let steps: Vec<u64> = list_checkpoints(out).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![4, 10]);
+        assert!(!checkpoint_dir(out, 2).exists());
+        assert!(checkpoint_dir(out, 12).exists(), "incomplete folders are left alone");
+    }
+
+    #[test]
+    fn fingerprint_tells_architectures_apart() {
+        let base = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 1, "num_attention_heads": 2});
+        let a = escale_formats::ModelConfig::from_json(base.clone(), Path::new("a")).unwrap();
+        let mut wider = base;
+        wider["intermediate_size"] = serde_json::json!(16);
+        let b = escale_formats::ModelConfig::from_json(wider, Path::new("b")).unwrap();
+        assert_eq!(model_fingerprint(&a), model_fingerprint(&a.clone()));
+        assert_ne!(model_fingerprint(&a), model_fingerprint(&b));
+    }
+}

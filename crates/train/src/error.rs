@@ -1,0 +1,49 @@
+//! The trainer's error type: each variant names the file, field or checkpoint at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] escale_model::ModelError),
+    #[error(transparent)]
+    Format(#[from] escale_formats::FormatError),
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A training setting is invalid or inconsistent with the model or data (named field).
+    #[error("training config: `{field}`: {message}")]
+    Config { field: String, message: String },
+    /// The dataset could not be read or does not fit the model.
+    #[error("data {path}: {message}")]
+    Data { path: PathBuf, message: String },
+    /// A checkpoint folder is incomplete, corrupt or belongs to another model/run.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Too many consecutive steps had a non-finite loss or gradient.
+    #[error("aborting at step {step}: {count} consecutive steps with non-finite loss or gradients (last: {what})")]
+    NonFinite { step: u64, count: u32, what: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TrainError {
+    pub fn config(field: &str, message: impl Into<String>) -> Self {
+        TrainError::Config { field: field.to_string(), message: message.into() }
+    }
+    pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        TrainError::Checkpoint { path: path.into(), message: message.into() }
+    }
+    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        TrainError::Data { path: path.into(), message: message.into() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+    pub fn other(message: impl std::fmt::Display) -> Self {
+        TrainError::Other(message.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
