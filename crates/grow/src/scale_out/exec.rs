@@ -1,0 +1,439 @@
+//! Executes a [`ScaleOutPlan`] as a stream: source checkpoint (mmap) -> per-tensor transform ->
+//! [`CheckpointWriter`] (positional writes).
+//!
+//! Work is grouped by *source* tensor: a job maps one dense tensor, writes every output derived
+//! from it (all experts, the shared expert), then releases its pages. Jobs are taken in file order
+//! by a fixed number of workers, so reads are near-sequential and at most `threads` source tensors
+//! (plus, for transformed ones, one output tensor each) are in memory at any time.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use escale_formats::dtype::{decode_to_f32, encode_from_f32};
+use escale_formats::writer::{check_output, TensorSpec};
+use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, Param, WriterOptions};
+
+use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
+use super::manifest::Manifest;
+use super::pages;
+use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
+use super::{Result, ScaleOutError, ScaleOutOptions};
+
+/// What a finished scale-out did.
+#[derive(Clone, Debug)]
+pub struct UpcycleReport {
+    pub plan: ScaleOutPlan,
+    pub output: PathBuf,
+    pub tensors: usize,
+    /// Bytes of tensor data written.
+    pub bytes_written: u64,
+    /// Size of the source weights on disk.
+    pub bytes_read: u64,
+    pub seconds: f64,
+}
+
+/// A unit of work: one source tensor and the outputs made from it, or one standalone output.
+struct Job<'p> {
+    source: Option<String>,
+    outputs: Vec<(&'p PlannedTensor, DType)>,
+}
+
+/// Shared state of one run.
+struct Run<'a> {
+    ckpt: &'a Checkpoint,
+    plan: &'a ScaleOutPlan,
+    writer: &'a CheckpointWriter,
+    router: RouterSpec,
+    done: AtomicU64,
+    total: u64,
+    progress: &'a (dyn Fn(u64, u64) + Sync),
+}
+
+/// Upcycles the dense model in `source_dir` into `out_dir`.
+///
+/// Nothing is written unless the options are valid for this source; on any error the partial
+/// output is removed. `progress(done, total)` is called with tensor bytes written so far.
+pub fn upcycle(
+    source_dir: &Path,
+    out_dir: &Path,
+    options: &ScaleOutOptions,
+    writer_options: &WriterOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<UpcycleReport> {
+    let started = Instant::now();
+    let ckpt = Checkpoint::open(source_dir)?;
+    let plan = ScaleOutPlan::new(&ckpt.config, options)?;
+    check_not_source(source_dir, out_dir)?;
+    check_output(out_dir, writer_options.force)?;
+
+    let model_dtype = match options.dtype {
+        Some(d) => d,
+        None => tensor_dtype(&ckpt, &ckpt.name_of(Param::Embed))?,
+    };
+    let mut specs = Vec::with_capacity(plan.tensors.len());
+    let mut typed = Vec::with_capacity(plan.tensors.len());
+    for t in &plan.tensors {
+        let dtype = match (&t.rule, options.dtype) {
+            (_, Some(d)) => d,
+            (TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. }, None) => {
+                tensor_dtype(&ckpt, source)?
+            }
+            (TensorRule::Router { .. } | TensorRule::Zeros, None) => model_dtype,
+        };
+        specs.push(TensorSpec::new(t.name.clone(), dtype, t.shape.clone()));
+        typed.push((t, dtype));
+    }
+    let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
+    let writer = CheckpointWriter::create(out_dir, specs, writer_options)?;
+
+    let run = Run {
+        ckpt: &ckpt,
+        plan: &plan,
+        writer: &writer,
+        router: RouterSpec {
+            init: options.router_init,
+            std: options.router_std,
+            seed: options.seed,
+            experts: options.experts,
+            granularity: options.granularity,
+            hidden: plan.config.hidden_size,
+        },
+        done: AtomicU64::new(0),
+        total,
+        progress,
+    };
+    let jobs = make_jobs(&ckpt, typed);
+    run_jobs(&run, &jobs, options.threads)?;
+
+    Manifest::new(&plan, source_dir).write(writer.staging_dir())?;
+    let tensors = plan.tensors.len();
+    let output = writer.finish(&plan.config, Some(source_dir))?;
+    Ok(UpcycleReport {
+        plan,
+        output,
+        tensors,
+        bytes_written: total,
+        bytes_read: ckpt.file_bytes(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn tensor_dtype(ckpt: &Checkpoint, name: &str) -> Result<DType> {
+    ckpt.info(name)
+        .map(|i| i.dtype)
+        .ok_or_else(|| FormatError::tensor(ckpt.dir(), name, "not found in the source checkpoint").into())
+}
+
+/// Replacing the source folder while it is memory-mapped would corrupt the copy.
+fn check_not_source(source_dir: &Path, out_dir: &Path) -> Result<()> {
+    let (Ok(a), Ok(b)) = (source_dir.canonicalize(), out_dir.canonicalize()) else { return Ok(()) };
+    if a == b {
+        return Err(ScaleOutError::Source {
+            path: out_dir.to_path_buf(),
+            message: "the output folder is the source folder; write the MoE model somewhere else".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Groups outputs by source tensor, in source file order; standalone outputs (routers, zeros) last.
+fn make_jobs<'p>(ckpt: &Checkpoint, typed: Vec<(&'p PlannedTensor, DType)>) -> Vec<Job<'p>> {
+    let mut by_source: HashMap<String, usize> = HashMap::new();
+    let mut jobs: Vec<Job<'p>> = Vec::new();
+    let mut standalone = Vec::new();
+    for (t, dtype) in typed {
+        let source = match &t.rule {
+            TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. } => {
+                source.clone()
+            }
+            TensorRule::Router { .. } | TensorRule::Zeros => {
+                standalone.push(Job { source: None, outputs: vec![(t, dtype)] });
+                continue;
+            }
+        };
+        let i = *by_source.entry(source.clone()).or_insert_with(|| {
+            jobs.push(Job { source: Some(source), outputs: Vec::new() });
+            jobs.len() - 1
+        });
+        jobs[i].outputs.push((t, dtype));
+    }
+    let position = |j: &Job| j.source.as_deref().and_then(|s| ckpt.info(s)).map(|i| (i.shard, i.start));
+    jobs.sort_by_key(|j| position(j));
+    jobs.extend(standalone);
+    jobs
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+}
+
+/// Runs jobs in order on `threads` workers; the first error stops the others.
+fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
+    let threads = threads.unwrap_or_else(default_threads).max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("escale-scale-out-{i}"))
+        .build()
+        .map_err(|e| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message: format!("thread pool: {e}") })?;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<ScaleOutError>> = Mutex::new(None);
+    pool.scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|_| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if let Err(e) = run_job(run, job) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().expect("error slot").get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl Run<'_> {
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.writer.write_bytes(name, bytes)?;
+        let done = self.done.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+        (self.progress)(done, self.total);
+        Ok(())
+    }
+}
+
+fn run_job(run: &Run, job: &Job) -> Result<()> {
+    let Some(source) = &job.source else {
+        let (t, dtype) = job.outputs[0];
+        let bytes = standalone_bytes(run, t, dtype);
+        return run.write(&t.name, &bytes);
+    };
+    let info = run.ckpt.info(source).ok_or_else(|| FormatError::tensor(run.ckpt.dir(), source, "not found"))?.clone();
+    let bytes = run.ckpt.bytes(source)?;
+    pages::will_need(bytes);
+    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes };
+    let result = write_derived(run, &dense, &job.outputs);
+    pages::done_with(bytes);
+    result
+}
+
+fn standalone_bytes(run: &Run, t: &PlannedTensor, dtype: DType) -> Vec<u8> {
+    match t.rule {
+        TensorRule::Router { layer } => encode(dtype, &router_weights(&run.router, layer)),
+        // All-zero bits are +0.0 in every float dtype.
+        _ => vec![0u8; t.shape.iter().product::<usize>() * dtype.size_in_bytes()],
+    }
+}
+
+/// A source tensor as mapped.
+struct Dense<'a> {
+    name: &'a str,
+    dtype: DType,
+    shape: &'a [usize],
+    bytes: &'a [u8],
+}
+
+impl Dense<'_> {
+    fn rows(&self) -> usize {
+        self.shape[0]
+    }
+    fn cols(&self) -> usize {
+        self.shape.get(1).copied().unwrap_or(1)
+    }
+    fn elem(&self) -> usize {
+        self.dtype.size_in_bytes()
+    }
+
+    /// Bytes of rows `[r0, r1)` (row-major, so contiguous).
+    fn row_bytes(&self, r0: usize, r1: usize) -> &[u8] {
+        let row = self.cols() * self.elem();
+        &self.bytes[r0 * row..r1 * row]
+    }
+
+    /// Rows `[r0, r1)` decoded to f32.
+    fn rows_f32(&self, r0: usize, r1: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        decode_to_f32(self.dtype, self.row_bytes(r0, r1), &mut out);
+        out
+    }
+
+    /// Columns `[c0, c1)` of every row, times `scale`, appended row by row into `out`, which
+    /// holds `out_cols` values per row (so several column blocks can be interleaved).
+    fn cols_f32_into(&self, c0: usize, c1: usize, scale: f32, out: &mut [f32], out_col0: usize, out_cols: usize) {
+        let (cols, elem) = (self.cols(), self.elem());
+        let mut scratch = Vec::with_capacity(c1 - c0);
+        for r in 0..self.rows() {
+            let at = (r * cols + c0) * elem;
+            decode_to_f32(self.dtype, &self.bytes[at..at + (c1 - c0) * elem], &mut scratch);
+            let dst = &mut out[r * out_cols + out_col0..r * out_cols + out_col0 + (c1 - c0)];
+            for (d, s) in dst.iter_mut().zip(&scratch) {
+                *d = s * scale;
+            }
+        }
+    }
+
+    /// Mean and standard deviation of the whole matrix (Drop-Upcycling's re-init distribution),
+    /// decoded in chunks so no full f32 copy is made.
+    fn mean_std(&self) -> (f64, f64) {
+        let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
+        let mut scratch = Vec::new();
+        for chunk in self.bytes.chunks(1 << 20) {
+            decode_to_f32(self.dtype, chunk, &mut scratch);
+            for &v in &scratch {
+                sum += v as f64;
+                sq += (v as f64) * (v as f64);
+            }
+            n += scratch.len() as f64;
+        }
+        let mean = sum / n.max(1.0);
+        (mean, (sq / n.max(1.0) - mean * mean).max(0.0).sqrt())
+    }
+}
+
+fn encode(dtype: DType, values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_from_f32(dtype, values, &mut out);
+    out
+}
+
+/// Same bytes in another dtype (decoded and re-encoded once).
+fn convert<'b>(from: DType, to: DType, bytes: &'b [u8]) -> Cow<'b, [u8]> {
+    if from == to {
+        return Cow::Borrowed(bytes);
+    }
+    let mut values = Vec::new();
+    decode_to_f32(from, bytes, &mut values);
+    Cow::Owned(encode(to, &values))
+}
+
+/// Writes every output derived from one dense tensor.
+fn write_derived(run: &Run, dense: &Dense, outputs: &[(&PlannedTensor, DType)]) -> Result<()> {
+    let o = &run.plan.options;
+    let per_expert_random = o.noise > 0.0 || o.drop_ratio > 0.0;
+    let stats = if o.drop_ratio > 0.0 { Some(dense.mean_std()) } else { None };
+    // Without per-expert randomness, experts holding the same shard are identical: build each
+    // distinct shard once and write it to all of them.
+    let mut shard_cache: HashMap<(usize, DType), Vec<u8>> = HashMap::new();
+    for &(t, dtype) in outputs {
+        match &t.rule {
+            TensorRule::Copy { .. } => run.write(&t.name, &convert(dense.dtype, dtype, dense.bytes))?,
+            TensorRule::Expert { layer, expert, part, shard, .. } => {
+                let e = ExpertTarget { layer: *layer, expert: *expert, part: *part, shard: *shard, dtype };
+                if let Some(bytes) = expert_byte_slice(run.plan, dense, &e) {
+                    run.write(&t.name, bytes)?;
+                } else if per_expert_random {
+                    run.write(&t.name, &expert_transformed(run.plan, dense, &e, stats))?;
+                } else {
+                    let bytes = shard_cache
+                        .entry((e.shard, dtype))
+                        .or_insert_with(|| expert_transformed(run.plan, dense, &e, None));
+                    run.write(&t.name, bytes)?;
+                }
+            }
+            TensorRule::Shared { part, .. } => run.write(&t.name, &shared_bytes(run.plan, dense, *part, dtype))?,
+            TensorRule::Router { .. } | TensorRule::Zeros => {
+                unreachable!("standalone tensor {} grouped under source {}", t.name, dense.name)
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One routed expert tensor to produce.
+struct ExpertTarget {
+    layer: usize,
+    expert: usize,
+    part: MlpPart,
+    shard: usize,
+    dtype: DType,
+}
+
+/// The zero-copy case: an unscaled, un-noised expert in the source dtype is a byte range of the
+/// dense tensor (the whole tensor, or a contiguous block of gate/up rows).
+fn expert_byte_slice<'a>(plan: &ScaleOutPlan, dense: &Dense<'a>, e: &ExpertTarget) -> Option<&'a [u8]> {
+    let o = &plan.options;
+    if e.dtype != dense.dtype || o.noise > 0.0 || o.drop_ratio > 0.0 {
+        return None;
+    }
+    let ie = plan.expert_ffn;
+    match e.part {
+        MlpPart::Gate | MlpPart::Up => {
+            let row = dense.cols() * dense.elem();
+            Some(&dense.bytes[e.shard * ie * row..(e.shard + 1) * ie * row])
+        }
+        MlpPart::Down if o.granularity == 1 && plan.routed_down_scale == 1.0 => Some(dense.bytes),
+        _ => None,
+    }
+}
+
+/// An expert tensor that needs arithmetic: shard extraction with scaling, drop-upcycling, noise,
+/// dtype conversion. Computed in f32 and rounded once.
+fn expert_transformed(plan: &ScaleOutPlan, dense: &Dense, e: &ExpertTarget, stats: Option<(f64, f64)>) -> Vec<u8> {
+    let o = &plan.options;
+    let ie = plan.expert_ffn;
+    let (s0, s1) = (e.shard * ie, (e.shard + 1) * ie);
+    let mut values = match e.part {
+        MlpPart::Down => {
+            let mut v = vec![0f32; dense.rows() * ie];
+            dense.cols_f32_into(s0, s1, plan.routed_down_scale as f32, &mut v, 0, ie);
+            v
+        }
+        _ => dense.rows_f32(s0, s1),
+    };
+    let part_id = e.part as usize;
+    if let Some((mean, std)) = stats {
+        let dropped = drop_neurons(o.seed, e.layer, e.expert, ie, o.drop_ratio);
+        let mut rng = rng_for(o.seed, Stream::DropValues, e.layer, e.expert, part_id);
+        let width = if e.part == MlpPart::Down { ie } else { dense.cols() };
+        for &n in &dropped {
+            if e.part == MlpPart::Down {
+                // Column n of every row.
+                for r in 0..dense.rows() {
+                    values[r * width + n] = normal_value(mean, std, &mut rng);
+                }
+            } else {
+                for v in &mut values[n * width..(n + 1) * width] {
+                    *v = normal_value(mean, std, &mut rng);
+                }
+            }
+        }
+    }
+    if o.noise > 0.0 {
+        let mut rng = rng_for(o.seed, Stream::Noise, e.layer, e.expert, part_id);
+        add_noise(&mut values, o.noise, &mut rng);
+    }
+    encode(e.dtype, &values)
+}
+
+/// A live shared expert tensor: the dense shards listed by the plan, concatenated (gate/up rows,
+/// down columns), with each down block divided by its shard's copy count.
+fn shared_bytes(plan: &ScaleOutPlan, dense: &Dense, part: MlpPart, dtype: DType) -> Vec<u8> {
+    let ie = plan.expert_ffn;
+    let blocks = plan.shared_shard_scales();
+    match part {
+        MlpPart::Down => {
+            let width = blocks.len() * ie;
+            let mut v = vec![0f32; dense.rows() * width];
+            for (j, &(s, scale)) in blocks.iter().enumerate() {
+                dense.cols_f32_into(s * ie, (s + 1) * ie, scale as f32, &mut v, j * ie, width);
+            }
+            encode(dtype, &v)
+        }
+        _ => {
+            let mut out = Vec::new();
+            for &(s, _) in &blocks {
+                out.extend_from_slice(&convert(dense.dtype, dtype, dense.row_bytes(s * ie, (s + 1) * ie)));
+            }
+            out
+        }
+    }
+}

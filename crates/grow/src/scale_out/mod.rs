@@ -1,0 +1,184 @@
+//! Scale-Out: sparse upcycling of a dense llama / mistral / qwen2 model into a Mixture of Experts
+//! (Mixtral or Qwen2-MoE layout), as in AquilaMoE's second phase.
+//!
+//! The work is split in two, like every growth in this crate:
+//!
+//! * [`ScaleOutPlan::new`] looks only at the source config and the [`ScaleOutOptions`]: it
+//!   validates them, builds the output `config.json`, decides what every output tensor is made
+//!   of, and states whether the result is function-preserving ([`Exactness`]). Every bad input is
+//!   rejected here, before a byte is written.
+//! * [`upcycle`] executes a plan as a stream: each dense tensor is read once (memory-mapped) and
+//!   written to all the outputs derived from it. Plain expert copies are byte-range copies of the
+//!   mapped source; only tensors that need arithmetic (granular `down_proj` scaling, noise,
+//!   drop-upcycling, dtype conversion) are decoded, one output tensor at a time.
+//!
+//! Why the result is exact (see the growth-algorithms spec, §4): with renormalised top-k routing
+//! the routing weights of the chosen experts sum to one, so `Σ w_e · MLP(x) = MLP(x)` whatever the
+//! router says. Granular experts split the FFN into `G` shards; routers repeat each row for the
+//! `G` experts of a virtual group, top-k (a multiple of `G`) selects whole groups, and `down_proj`
+//! scaled by `G` restores the dense output. A live qwen2_moe shared expert (gate `sigmoid(0) = ½`)
+//! carries a full copy of the MLP while routed `down_proj`s are halved: `½·MLP + ½·MLP = MLP`.
+
+mod exec;
+mod init;
+mod manifest;
+mod pages;
+mod plan;
+
+use std::path::PathBuf;
+
+use escale_formats::{DType, FormatError, ModelType};
+
+pub use exec::{upcycle, UpcycleReport};
+pub use init::{drop_neurons, router_weights, sample_router, RouterSpec};
+pub use manifest::Manifest;
+pub use plan::{Exactness, ScaleOutPlan, SharedExpert, TensorRule};
+
+/// Output layout of the MoE checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeFormat {
+    /// `MixtralForCausalLM`, classic hub names (`block_sparse_moe.experts.N.w1/w2/w3`). Always
+    /// renormalises top-k weights; cannot carry attention biases.
+    Mixtral,
+    /// `Qwen2MoeForCausalLM`: the only stock HF MoE class with QKV bias (Aquila's case). Always
+    /// has a shared expert, which escale either neutralises or fills (see [`SharedExpert`]).
+    Qwen2Moe,
+}
+
+impl MoeFormat {
+    pub fn model_type(self) -> ModelType {
+        match self {
+            MoeFormat::Mixtral => ModelType::Mixtral,
+            MoeFormat::Qwen2Moe => ModelType::Qwen2Moe,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.model_type().as_str()
+    }
+
+    /// Parses `mixtral` or `qwen2_moe` (also `qwen2-moe`).
+    pub fn parse(s: &str) -> Option<MoeFormat> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "mixtral" => Some(MoeFormat::Mixtral),
+            "qwen2_moe" => Some(MoeFormat::Qwen2Moe),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MoeFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How router weights are initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterInit {
+    /// i.i.d. `N(0, router_std²)` (AquilaMoE; HF/Megatron convention std 0.02).
+    Normal,
+    /// All zeros: uniform routing at the start (every expert ties).
+    Zeros,
+    /// i.i.d. `U(-1/√D, 1/√D)` with `D` the hidden size (PyTorch's default `nn.Linear` scale).
+    Uniform,
+}
+
+impl RouterInit {
+    pub fn parse(s: &str) -> Option<RouterInit> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Some(RouterInit::Normal),
+            "zeros" | "zero" => Some(RouterInit::Zeros),
+            "uniform" => Some(RouterInit::Uniform),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterInit::Normal => "normal",
+            RouterInit::Zeros => "zeros",
+            RouterInit::Uniform => "uniform",
+        }
+    }
+}
+
+/// Everything the user can choose; the fields mirror the `escale scale-out` flags, and error
+/// messages name the flags because that is what a user types.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ScaleOutOptions {
+    /// Routed experts per layer (`--experts`).
+    pub experts: usize,
+    /// Experts used per token (`--top-k`).
+    pub top_k: usize,
+    /// Output layout; `None` picks mixtral, or qwen2_moe when the source has QKV bias.
+    pub format: Option<MoeFormat>,
+    pub router_init: RouterInit,
+    /// Standard deviation of the normal router. 0.02 is the HF `initializer_range` / Megatron
+    /// `init_method_std` convention; AquilaMoE's wording "variance 0.02" would mean 0.1414.
+    pub router_std: f64,
+    /// Seed of every random draw (router, noise, drop-upcycling), derived per layer and expert.
+    pub seed: u64,
+    /// `G`: each expert holds a `1/G` shard of the dense FFN (1 = plain copies).
+    pub granularity: usize,
+    /// qwen2_moe only: number of FFN shards (of `I/G` each) in the live shared expert; 0 gives
+    /// the neutralised (inert, exact) shared expert.
+    pub shared_experts: usize,
+    /// Standard deviation of Gaussian noise added to each routed expert (0 = none).
+    pub noise: f64,
+    /// Drop-Upcycling ratio `r`: per expert, `floor(r·I_e)` neurons re-initialised (0 = none).
+    pub drop_ratio: f64,
+    /// Renormalise the top-k routing weights (qwen2_moe `norm_topk_prob`; mixtral always does).
+    pub renormalize: bool,
+    /// `router_aux_loss_coef` written into config.json.
+    pub aux_loss_coef: f64,
+    /// Output storage dtype; `None` keeps each source tensor's dtype.
+    pub dtype: Option<DType>,
+    /// Worker threads for the streaming copy; `None` picks from the available cores.
+    #[serde(skip)]
+    pub threads: Option<usize>,
+}
+
+impl Default for ScaleOutOptions {
+    fn default() -> Self {
+        ScaleOutOptions {
+            experts: 8,
+            top_k: 2,
+            format: None,
+            router_init: RouterInit::Normal,
+            router_std: 0.02,
+            seed: 0,
+            granularity: 1,
+            shared_experts: 0,
+            noise: 0.0,
+            drop_ratio: 0.0,
+            renormalize: true,
+            aux_loss_coef: 0.001,
+            dtype: None,
+            threads: None,
+        }
+    }
+}
+
+/// What can go wrong in a scale-out; every message names the flag, file or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleOutError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// An option value that can never work, whatever the source.
+    #[error("{flag}: {message}")]
+    Option { flag: &'static str, message: String },
+    /// The source model cannot be upcycled as asked.
+    #[error("{path}: {message}")]
+    Source { path: PathBuf, message: String },
+}
+
+impl ScaleOutError {
+    fn option(flag: &'static str, message: impl Into<String>) -> Self {
+        ScaleOutError::Option { flag, message: message.into() }
+    }
+}
+
+pub type Result<T, E = ScaleOutError> = std::result::Result<T, E>;

@@ -1,0 +1,357 @@
+//! The scale-out plan: validation, the output config, a rule for every output tensor and the
+//! exactness verdict, all computed from the source config and the options alone.
+
+use escale_formats::naming::{expected_params, hf_name};
+use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeConfig, Param};
+
+use super::{MoeFormat, Result, RouterInit, ScaleOutError, ScaleOutOptions};
+
+/// The qwen2_moe shared expert (mixtral has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SharedExpert {
+    /// The format has no shared expert (mixtral).
+    Absent,
+    /// One neuron, all weights zero and shared gate zero: contributes exactly nothing and receives
+    /// zero gradient, so the model behaves (and trains) as a shared-expert-free MoE such as
+    /// AquilaMoE. A zero-sized expert would be simpler but is untested in transformers.
+    Neutral,
+    /// `shards` FFN shards of `I/G` neurons each, laid out circularly (shard `j` is dense shard
+    /// `j mod G`); `shards >= G`, so every dense neuron is present, and each copy's `down_proj`
+    /// column is divided by its copy count so the shared MLP equals the dense MLP.
+    Live { shards: usize },
+}
+
+/// What one output tensor is made of. Source names are HF names in the source checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorRule {
+    /// The source tensor unchanged (attention, norms, embeddings, head).
+    Copy { source: String },
+    /// Routed expert `expert` of `layer`: FFN shard `shard` (of `G`) of the dense `part`.
+    Expert { source: String, layer: usize, expert: usize, part: MlpPart, shard: usize },
+    /// Part of the live shared expert, assembled from dense FFN shards.
+    Shared { source: String, part: MlpPart },
+    /// The router of `layer`.
+    Router { layer: usize },
+    /// All zeros: the neutral shared expert and its gate, the shared-expert gate of a live
+    /// shared expert (`sigmoid(0) = ½`), and QKV biases a bias-free source lacks.
+    Zeros,
+}
+
+/// One tensor of the output checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub rule: TensorRule,
+}
+
+/// Whether the upcycled model computes exactly the dense model's function at initialisation.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Exactness {
+    /// True when the construction is function-preserving (up to floating-point rounding).
+    pub exact: bool,
+    /// Why it is not exact (empty when `exact`).
+    pub broken_by: Vec<String>,
+    /// Rounding caveats that hold even when exact.
+    pub notes: Vec<String>,
+}
+
+/// A validated scale-out, ready to execute with [`super::upcycle`].
+#[derive(Clone, Debug)]
+pub struct ScaleOutPlan {
+    pub options: ScaleOutOptions,
+    pub format: MoeFormat,
+    pub source_type: ModelType,
+    /// The output config.json (a clone of the source's, edited).
+    pub config: ModelConfig,
+    /// Dense FFN size `I`.
+    pub dense_ffn: usize,
+    /// Routed expert FFN size `I / G`.
+    pub expert_ffn: usize,
+    pub shared: SharedExpert,
+    /// Shared expert FFN size (0 when absent).
+    pub shared_ffn: usize,
+    /// Factor applied to every routed `down_proj`: `G · α`, with `α = ½` next to a live shared
+    /// expert and 1 otherwise.
+    pub routed_down_scale: f64,
+    pub exactness: Exactness,
+    /// Things the user must hear about (non-renormalised routing, partial groups, ...).
+    pub warnings: Vec<String>,
+    /// Every output tensor in transformers' `state_dict` order.
+    pub tensors: Vec<PlannedTensor>,
+}
+
+fn check_finite(flag: &'static str, value: f64, max: Option<f64>) -> Result<()> {
+    if !value.is_finite() || value < 0.0 || max.is_some_and(|m| value > m) {
+        let range = match max {
+            Some(m) => format!("between 0 and {m}"),
+            None => "a finite number >= 0".to_string(),
+        };
+        return Err(ScaleOutError::option(flag, format!("{value} must be {range}")));
+    }
+    Ok(())
+}
+
+/// Rejects sources that are already MoE or carry biases no stock MoE class can hold.
+fn check_source(src: &ModelConfig) -> Result<()> {
+    let err = |message: String| ScaleOutError::Source { path: src.source().to_path_buf(), message };
+    if src.model_type.is_moe() || src.moe.is_some() {
+        return Err(err(format!(
+            "the source is already a Mixture of Experts (model_type {}); scale-out upcycles dense llama, \
+             mistral or qwen2 models",
+            src.model_type
+        )));
+    }
+    if src.o_bias {
+        return Err(err(
+            "the source has an o_proj bias (llama attention_bias=true); neither Mixtral nor Qwen2-MoE can carry it".into(),
+        ));
+    }
+    if src.mlp_bias {
+        return Err(err("the source has MLP biases (mlp_bias=true); neither Mixtral nor Qwen2-MoE experts can carry them".into()));
+    }
+    Ok(())
+}
+
+/// Checks the sizes: top-k, granularity.
+fn check_sizes(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
+    if o.experts == 0 {
+        return Err(ScaleOutError::option("--experts", "must be at least 1"));
+    }
+    if o.top_k == 0 || o.top_k > o.experts {
+        return Err(ScaleOutError::option(
+            "--top-k",
+            format!("{} must be between 1 and --experts ({})", o.top_k, o.experts),
+        ));
+    }
+    let g = o.granularity;
+    if g == 0 {
+        return Err(ScaleOutError::option("--granularity", "must be at least 1"));
+    }
+    if src.intermediate_size % g != 0 {
+        return Err(ScaleOutError::option(
+            "--granularity",
+            format!(
+                "{g} does not divide the FFN size {} (intermediate_size in {}); each expert must hold a whole 1/{g} shard",
+                src.intermediate_size,
+                src.source().display()
+            ),
+        ));
+    }
+    if o.experts % g != 0 {
+        return Err(ScaleOutError::option(
+            "--granularity",
+            format!("{g} does not divide --experts {}; experts form virtual groups of {g} shards", o.experts),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_format(src: &ModelConfig, o: &ScaleOutOptions) -> Result<MoeFormat> {
+    match o.format {
+        None if src.qkv_bias => Ok(MoeFormat::Qwen2Moe),
+        None => Ok(MoeFormat::Mixtral),
+        Some(MoeFormat::Mixtral) if src.qkv_bias => Err(ScaleOutError::option(
+            "--format",
+            format!(
+                "mixtral cannot carry the source's QKV bias ({} has q/k/v_proj biases and Mixtral has no attention-bias \
+                 option); use --format qwen2_moe",
+                src.model_type
+            ),
+        )),
+        Some(f) => Ok(f),
+    }
+}
+
+fn resolve_shared(format: MoeFormat, o: &ScaleOutOptions) -> Result<SharedExpert> {
+    match (format, o.shared_experts) {
+        (MoeFormat::Mixtral, 0) => Ok(SharedExpert::Absent),
+        (MoeFormat::Mixtral, _) => Err(ScaleOutError::option(
+            "--shared-experts",
+            "Mixtral has no shared expert; use --format qwen2_moe",
+        )),
+        (MoeFormat::Qwen2Moe, 0) => Ok(SharedExpert::Neutral),
+        (MoeFormat::Qwen2Moe, n) if n < o.granularity => Err(ScaleOutError::option(
+            "--shared-experts",
+            format!(
+                "{n} shards of 1/{g} of the FFN cannot hold the whole dense MLP, so the output could not be exact; \
+                 use at least --granularity ({g}) shards, or 0 for the neutral shared expert",
+                g = o.granularity
+            ),
+        )),
+        (MoeFormat::Qwen2Moe, n) => Ok(SharedExpert::Live { shards: n }),
+    }
+}
+
+/// The output config: the source's, with the MoE fields set and everything else untouched.
+fn output_config(src: &ModelConfig, plan: &ScaleOutPlan) -> ModelConfig {
+    let o = &plan.options;
+    let mut cfg = src.clone();
+    cfg.model_type = plan.format.model_type();
+    cfg.moe = Some(MoeConfig {
+        num_experts: o.experts,
+        num_experts_per_tok: o.top_k,
+        expert_intermediate_size: plan.expert_ffn,
+        shared_expert_intermediate_size: plan.shared_ffn,
+        norm_topk_prob: plan.format == MoeFormat::Mixtral || o.renormalize,
+        router_aux_loss_coef: o.aux_loss_coef,
+        decoder_sparse_step: 1,
+        mlp_only_layers: Vec::new(),
+    });
+    match plan.format {
+        // Mixtral has a single FFN size, the expert's.
+        MoeFormat::Mixtral => cfg.intermediate_size = plan.expert_ffn,
+        // transformers v4's Qwen2-MoE always has q/k/v biases; v5 reads `qkv_bias`. Writing biases
+        // (zeros for a bias-free source) loads identically in both.
+        MoeFormat::Qwen2Moe => cfg.qkv_bias = true,
+    }
+    if let Some(d) = o.dtype {
+        cfg.dtype = Some(d);
+    }
+    cfg
+}
+
+impl ScaleOutPlan {
+    /// Validates `options` against the dense `source` config and plans the output.
+    pub fn new(source: &ModelConfig, options: &ScaleOutOptions) -> Result<ScaleOutPlan> {
+        check_source(source)?;
+        check_sizes(source, options)?;
+        check_finite("--router-std", options.router_std, None)?;
+        check_finite("--noise", options.noise, None)?;
+        check_finite("--drop-upcycling", options.drop_ratio, Some(1.0))?;
+        check_finite("--aux-loss-coef", options.aux_loss_coef, None)?;
+        let format = resolve_format(source, options)?;
+        if format == MoeFormat::Mixtral && !options.renormalize {
+            return Err(ScaleOutError::option(
+                "--no-renormalize",
+                "Mixtral always renormalises its top-k weights; use --format qwen2_moe for norm_topk_prob=false",
+            ));
+        }
+        let shared = resolve_shared(format, options)?;
+        let g = options.granularity;
+        let expert_ffn = source.intermediate_size / g;
+        let (shared_ffn, alpha) = match shared {
+            SharedExpert::Absent => (0, 1.0),
+            SharedExpert::Neutral => (1, 1.0),
+            // sigmoid(0)·S + α·MLP with S = MLP: α = ½.
+            SharedExpert::Live { shards } => (shards * expert_ffn, 0.5),
+        };
+        let mut plan = ScaleOutPlan {
+            options: options.clone(),
+            format,
+            source_type: source.model_type,
+            config: source.clone(),
+            dense_ffn: source.intermediate_size,
+            expert_ffn,
+            shared,
+            shared_ffn,
+            routed_down_scale: g as f64 * alpha,
+            exactness: Exactness::default(),
+            warnings: Vec::new(),
+            tensors: Vec::new(),
+        };
+        plan.config = output_config(source, &plan);
+        plan.judge_exactness(source);
+        plan.tensors = plan_tensors(source, &plan);
+        Ok(plan)
+    }
+
+    /// Router rows per layer drawn independently (`experts / G`).
+    pub fn router_groups(&self) -> usize {
+        self.options.experts / self.options.granularity
+    }
+
+    /// Scale of each of the `N` live shared-expert shards' `down_proj` columns: `1 / copies` of
+    /// that dense shard, so the shared MLP sums to exactly the dense MLP.
+    pub fn shared_shard_scales(&self) -> Vec<(usize, f64)> {
+        let SharedExpert::Live { shards } = self.shared else { return Vec::new() };
+        let g = self.options.granularity;
+        let copies = |s: usize| shards / g + usize::from(s < shards % g);
+        (0..shards).map(|j| (j % g, 1.0 / copies(j % g) as f64)).collect()
+    }
+
+    fn judge_exactness(&mut self, source: &ModelConfig) {
+        let o = &self.options;
+        let mut broken = Vec::new();
+        let mut notes = Vec::new();
+        if o.noise > 0.0 {
+            broken.push(format!("--noise {} adds Gaussian noise to every routed expert", o.noise));
+        }
+        if o.drop_ratio > 0.0 && (o.drop_ratio * self.expert_ffn as f64).floor() >= 1.0 {
+            broken.push(format!("--drop-upcycling {} re-initialises neurons of every expert", o.drop_ratio));
+        }
+        if !self.config.moe.as_ref().is_some_and(|m| m.norm_topk_prob) && o.top_k < o.experts {
+            let msg = "routing weights are not renormalised (norm_topk_prob=false): each token's MLP output is scaled \
+                       by its top-k probability mass, so the model is NOT function-preserving";
+            broken.push(msg.to_string());
+            self.warnings.push(format!("WARNING: {msg}"));
+        }
+        if o.top_k % o.granularity != 0 {
+            let msg = format!(
+                "--top-k {} is not a multiple of --granularity {}: routing selects partial FFN groups",
+                o.top_k, o.granularity
+            );
+            self.warnings.push(format!("WARNING: {msg}; the output is not the dense output"));
+            broken.push(msg);
+        } else if o.granularity > 1 && o.router_init == RouterInit::Zeros && o.top_k < o.experts {
+            let msg = "a zeros router with --granularity > 1 makes every expert tie, so top-k may split virtual groups";
+            self.warnings.push(format!("WARNING: {msg}"));
+            broken.push(msg.to_string());
+        }
+        let scale = self.routed_down_scale;
+        if scale != 1.0 && scale.log2().fract() != 0.0 {
+            notes.push(format!("routed down_proj scaled by {scale} (one rounding per weight)"));
+        }
+        if let Some(d) = o.dtype.filter(|d| Some(*d) != source.dtype) {
+            notes.push(format!("weights converted to {d} (one rounding per weight when narrowing)"));
+        }
+        notes.push(
+            "exact up to the rounding of the routing weights (transformers casts them to the model dtype: in bf16 \
+             the top-k weights sum to 1 within about 2^-8)"
+                .into(),
+        );
+        if self.format == MoeFormat::Qwen2Moe && source.sliding_window.is_some() && source.model_type == ModelType::Mistral {
+            notes.push(
+                "the mistral source's sliding window is kept as written, but qwen2_moe applies it only with \
+                 use_sliding_window; sequences longer than the window may differ"
+                    .into(),
+            );
+        }
+        self.exactness = Exactness { exact: broken.is_empty(), broken_by: broken, notes };
+    }
+}
+
+/// The rule for every output tensor, in the output's `state_dict` order.
+fn plan_tensors(source: &ModelConfig, plan: &ScaleOutPlan) -> Vec<PlannedTensor> {
+    let out_type = plan.config.model_type;
+    let src_name = |p: Param| hf_name(source.model_type, p);
+    expected_params(&plan.config)
+        .into_iter()
+        .map(|(param, shape)| {
+            let rule = match param {
+                Param::Layer(l, LayerParam::Router) => TensorRule::Router { layer: l },
+                Param::Layer(_, LayerParam::SharedExpertGate) => TensorRule::Zeros,
+                Param::Layer(l, LayerParam::Mlp(MlpSite::Expert(e), part)) => TensorRule::Expert {
+                    source: src_name(Param::Layer(l, LayerParam::Mlp(MlpSite::Dense, part))),
+                    layer: l,
+                    expert: e,
+                    part,
+                    shard: e % plan.options.granularity,
+                },
+                Param::Layer(l, LayerParam::Mlp(MlpSite::Shared, part)) => match plan.shared {
+                    SharedExpert::Live { .. } => TensorRule::Shared {
+                        source: src_name(Param::Layer(l, LayerParam::Mlp(MlpSite::Dense, part))),
+                        part,
+                    },
+                    _ => TensorRule::Zeros,
+                },
+                Param::Layer(_, LayerParam::QBias | LayerParam::KBias | LayerParam::VBias) if !source.qkv_bias => {
+                    TensorRule::Zeros
+                }
+                other => TensorRule::Copy { source: src_name(other) },
+            };
+            PlannedTensor { name: hf_name(out_type, param), shape, rule }
+        })
+        .collect()
+}
