@@ -1,0 +1,172 @@
+//! User-facing choices of a Scale-Up (spec §2, §3 and the defaults of §7).
+
+use serde::Serialize;
+
+use super::maps::{DepthMethod, MapKind};
+use escale_formats::DType;
+
+/// Width-growth method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Function-preserving copies (bert2BERT FPI).
+    Fpi,
+    /// Advanced knowledge initialisation: new heads / FFN neurons of layer `l` take layer `l+1`'s
+    /// weights (bert2BERT AKI). Not function preserving, but the papers report faster training.
+    Aki,
+    /// AKI width growth (GQA-aware) then interpolation depth growth: AquilaMoE's chosen scheme.
+    AkiPro,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::Fpi, Method::Aki, Method::AkiPro];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Fpi => "fpi",
+            Method::Aki => "aki",
+            Method::AkiPro => "aki-pro",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+    pub fn is_aki(self) -> bool {
+        matches!(self, Method::Aki | Method::AkiPro)
+    }
+}
+
+/// How the residual stream is expanded (spec §2.1 table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// Plain copies (paper-faithful); exact only when every hidden channel has the same number of copies.
+    Fpi,
+    /// Copies scaled by `sqrt(D/(d·c))` so the RMS is unchanged; exact for any width.
+    FpiScaled,
+    /// Whole copies then zero pad channels, with `rms_norm_eps` scaled by `κ² = kd/D`; exact for any width.
+    ZeroPad,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Fpi, Preset::FpiScaled, Preset::ZeroPad];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Fpi => "fpi",
+            Preset::FpiScaled => "fpi-scaled",
+            Preset::ZeroPad => "zero-pad",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Preset> {
+        Preset::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// How the consumer (fan-out) weights of copied units are split between the copies (spec §2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Fanout {
+    /// Every copy gets `1/c` of the original: copies stay identical (and get identical gradients).
+    Equal,
+    /// LEMON: the copies get the equal split plus zero-mean Gaussian noise of std `scale` across
+    /// the copies of each unit, so the sum (and the function) is unchanged but the symmetry is broken.
+    Lemon { scale: f32 },
+}
+
+/// Where AKI takes the down_proj / o_proj columns of the new units from (spec §2.6, OPEN point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AkiConsumerSource {
+    /// From layer `l+1`, like its rows (neuron-copy semantics; bert2BERT-GPT re-implementation).
+    Upper,
+    /// From layer `l` itself (literal reading of bert2BERT's in-dimension rule).
+    #[serde(rename = "self")]
+    SelfLayer,
+}
+
+impl AkiConsumerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AkiConsumerSource::Upper => "upper",
+            AkiConsumerSource::SelfLayer => "self",
+        }
+    }
+}
+
+/// Which output units AKI fills from the upper layer (spec §2.6, OPEN point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AkiScope {
+    /// New query heads and new FFN neurons only; the hidden dimension stays FPI.
+    Units,
+    /// Also the new hidden-size output rows (o_proj, down_proj and their biases): mixes layers in
+    /// the residual stream.
+    All,
+}
+
+impl AkiScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AkiScope::Units => "units",
+            AkiScope::All => "all",
+        }
+    }
+}
+
+/// Every choice of a Scale-Up. `Default` gives the spec's §7 defaults (AKI-Pro, paper-faithful FPI
+/// preset, circular maps, equal fan-out, interpolation depth).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScaleUpOptions {
+    pub method: Method,
+    pub preset: Preset,
+    /// `None`: interpolation (the only choice for AKI-Pro).
+    pub depth: Option<DepthMethod>,
+    /// Hidden-channel map (the FFN neuron map uses the same kind, with its own seed stream).
+    pub hidden_map: MapKind,
+    /// Slot map for new query heads inside their KV group.
+    pub head_map: MapKind,
+    pub fanout: Fanout,
+    /// Seed of every random choice (random maps, LEMON noise); recorded in the manifest.
+    pub seed: u64,
+    pub aki_consumer_source: AkiConsumerSource,
+    pub aki_scope: AkiScope,
+    /// Output storage dtype; `None` keeps each source tensor's dtype.
+    pub dtype: Option<DType>,
+}
+
+impl Default for ScaleUpOptions {
+    fn default() -> Self {
+        ScaleUpOptions {
+            method: Method::AkiPro,
+            preset: Preset::Fpi,
+            depth: None,
+            hidden_map: MapKind::Circular,
+            head_map: MapKind::Circular,
+            fanout: Fanout::Equal,
+            seed: 0,
+            aki_consumer_source: AkiConsumerSource::Upper,
+            aki_scope: AkiScope::Units,
+            dtype: None,
+        }
+    }
+}
+
+impl ScaleUpOptions {
+    /// The depth method actually used.
+    pub fn depth_method(&self) -> DepthMethod {
+        self.depth.unwrap_or(DepthMethod::Interpolate)
+    }
+}
+
+/// Independent seed streams derived from the one user seed, so e.g. switching the hidden map to
+/// random does not change the LEMON noise.
+pub(crate) fn sub_seed(seed: u64, stream: u64) -> u64 {
+    splitmix(seed ^ splitmix(stream.wrapping_add(0x5ca1_e0f0)))
+}
+
+/// SplitMix64 finaliser: a cheap, well-mixed, stable hash of a u64.
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
