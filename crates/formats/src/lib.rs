@@ -22,7 +22,7 @@ pub use dtype::DType;
 pub use error::{FormatError, Result};
 pub use naming::{expected_params, hf_name, param_counts, parse_hf_name, LayerParam, MlpPart, MlpSite, Param, ParamCounts};
 pub use reader::{Checkpoint, TensorInfo};
-pub use writer::{CheckpointWriter, WriterOptions};
+pub use writer::{rewrite_checkpoint, CheckpointWriter, TensorSpec, WriterOptions};
 
 /// Files copied from a source model folder to a derived one (tokenizer and generation settings).
 pub const AUXILIARY_FILES: &[&str] = &[

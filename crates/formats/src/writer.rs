@@ -357,3 +357,30 @@ pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, force: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Copies a checkpoint tensor by tensor into a new folder (re-sharding it, say). Tensors the
+/// config implies come first in transformers order, then any extra tensors in storage order;
+/// bytes are copied unchanged, so the result is bit-identical.
+pub fn rewrite_checkpoint(ckpt: &crate::Checkpoint, out_dir: &Path, options: &WriterOptions) -> Result<PathBuf> {
+    let mut names: Vec<String> = crate::naming::expected_params(&ckpt.config)
+        .into_iter()
+        .map(|(p, _)| crate::naming::hf_name(ckpt.config.model_type, p))
+        .collect();
+    for t in ckpt.tensors() {
+        if !names.contains(&t.name) {
+            names.push(t.name.clone());
+        }
+    }
+    let specs = names
+        .iter()
+        .map(|n| {
+            let info = ckpt.info(n).expect("validated on open");
+            TensorSpec::new(n.clone(), info.dtype, info.shape.clone())
+        })
+        .collect();
+    let writer = CheckpointWriter::create(out_dir, specs, options)?;
+    for n in &names {
+        writer.write_bytes(n, ckpt.bytes(n)?)?;
+    }
+    writer.finish(&ckpt.config, Some(ckpt.dir()))
+}
