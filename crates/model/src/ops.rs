@@ -1,0 +1,98 @@
+//! Composite training ops built only from candle-core primitives that record a backward pass.
+//!
+//! candle-nn 0.11's fused `softmax_last_dim`, `rms_norm` and rotary ops compute the forward but
+//! record no backward: gradients silently stop there (see docs/cpu-training-notes.md). Everything
+//! here is a chain of candle-core ops (exp, sum, sqrt, gather, matmul, ...) whose gradients candle
+//! implements, so the whole model is differentiable; the finite-difference tests in this crate
+//! check each of them. A test (`no_fused_candle_nn_ops`) fails if this crate ever calls candle-nn.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::{ModelError, Result};
+
+/// RMSNorm as in transformers' `LlamaRMSNorm`: `w * x / sqrt(mean(x^2) + eps)` over the last dim.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// Numerically stable softmax over the last dim. The row max is detached: shifting the logits by a
+/// constant leaves softmax unchanged, so its gradient contribution is exactly zero and need not be
+/// recorded.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// log-softmax over the last dim (stable, with a detached max for the same reason as above).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let z = x.broadcast_sub(&m)?;
+    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(z.broadcast_sub(&lse)?)
+}
+
+/// `1 / (1 + exp(-x))` from primitives (candle-nn's sigmoid is a custom op; this one is plainly
+/// differentiable).
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}
+
+/// SwiGLU's gating: `silu(gate) * up` (candle-core's `silu` unary op has a backward).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.silu()? * up)?)
+}
+
+/// RoPE, rotate-half convention (transformers' `rotate_half`): `x*cos + rotate_half(x)*sin`, where
+/// `rotate_half([x1, x2]) = [-x2, x1]` splits the head dim in halves. `x`: `[.., seq, head_dim]`,
+/// `cos`/`sin`: `[seq, head_dim]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let half = hd / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Per-position negative log-likelihood: `logits` `[.., vocab]`, `targets` `[..]` (u32), aligned
+/// (target `i` is the token expected at logit row `i`). Returns a flat `[n]` tensor.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    let n = targets.elem_count();
+    if logits.elem_count() != n * v {
+        return Err(ModelError::input(format!(
+            "cross_entropy: logits {:?} do not match targets {:?}",
+            logits.dims(),
+            targets.dims()
+        )));
+    }
+    if targets.dtype() != DType::U32 {
+        return Err(ModelError::input(format!("cross_entropy: targets must be u32, found {:?}", targets.dtype())));
+    }
+    let flat = logits.reshape((n, v))?;
+    let lsm = log_softmax_last_dim(&flat)?;
+    let picked = lsm.gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?;
+    Ok(picked.squeeze(1)?.neg()?)
+}
+
+/// Mean cross-entropy of aligned `logits` `[.., vocab]` and `targets` `[..]` (u32). Differentiable.
+/// For next-token loss over a batch of sequences use [`next_token_loss`], which does the shift.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(token_nll(logits, targets)?.mean_all()?)
+}
+
+/// Mean next-token loss of `logits` `[batch, seq, vocab]` for `input_ids` `[batch, seq]`: position
+/// `t` predicts token `t+1`, so the last position of each row is not scored (seq >= 2 required).
+pub fn next_token_loss(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    let (_, s) = input_ids.dims2()?;
+    if s < 2 {
+        return Err(ModelError::input("next-token loss needs at least 2 tokens per sequence"));
+    }
+    let l = logits.narrow(1, 0, s - 1)?;
+    let t = input_ids.narrow(1, 1, s - 1)?.contiguous()?;
+    cross_entropy(&l, &t)
+}
