@@ -1,0 +1,720 @@
+//! The pipeline file (`pipeline.yaml`): what a user writes, parsed strictly.
+//!
+//! Every struct denies unknown fields and every choice is a closed enum, so a typo is an error that
+//! names the YAML path of the bad key (`stages[2].scale_up.method: unknown variant ...`) instead of
+//! a silently ignored setting discovered after hours of training.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Shown in headers and the report title.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Run directory, relative to the YAML file; `escale run --output` overrides it.
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    /// Base seed: every stage derives its seeds from it unless it sets its own.
+    #[serde(default)]
+    pub seed: u64,
+    /// Held-out evaluation used at every transition.
+    #[serde(default)]
+    pub eval: EvalSpec,
+    /// Training defaults; each stage's `train` overrides them field by field.
+    #[serde(default)]
+    pub train: TrainSpec,
+    pub stages: Vec<StageSpec>,
+}
+
+/// The validation measurement taken at the end of every stage and on every grown model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Validation tokens evaluated (from the start of the validation set, the same for every model).
+    #[serde(default = "default_eval_tokens")]
+    pub tokens: u64,
+    /// Sequence length of the evaluation windows; defaults to the training sequence length.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+}
+
+fn default_eval_tokens() -> u64 {
+    32_768
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec { tokens: default_eval_tokens(), seq_len: None }
+    }
+}
+
+/// Learning-rate schedules the trainer offers.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+    Wsd,
+}
+
+/// Load-balancing loss conventions (see the trainer).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeLossConvention {
+    Megatron,
+    Hf,
+}
+
+/// Training settings; every field optional so that stage values can override the file's defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Tokens to train on in this stage (the budget).
+    pub tokens: Option<u64>,
+    pub seq_len: Option<usize>,
+    pub micro_batch: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lr: Option<f64>,
+    pub min_lr: Option<f64>,
+    /// Warm-up steps.
+    pub warmup: Option<u64>,
+    pub schedule: Option<Schedule>,
+    pub weight_decay: Option<f64>,
+    pub beta1: Option<f64>,
+    pub beta2: Option<f64>,
+    pub grad_clip: Option<f64>,
+    /// Steps between validation evaluations (0: only at the end).
+    pub eval_interval: Option<u64>,
+    /// Validation tokens per in-training evaluation.
+    pub eval_tokens: Option<u64>,
+    /// Steps between checkpoints (what an interrupted run resumes from).
+    pub save_interval: Option<u64>,
+    /// Checkpoints kept.
+    pub keep_checkpoints: Option<usize>,
+    pub seed: Option<u64>,
+    /// MoE load-balancing loss coefficient.
+    pub aux_loss_coef: Option<f64>,
+    /// MoE router z-loss coefficient.
+    pub z_loss_coef: Option<f64>,
+    pub moe_loss: Option<MoeLossConvention>,
+}
+
+impl TrainSpec {
+    /// `self` with every unset field taken from `defaults`.
+    pub fn over(&self, defaults: &TrainSpec) -> TrainSpec {
+        macro_rules! pick {
+            ($($f:ident),*) => { TrainSpec { $($f: self.$f.clone().or(defaults.$f.clone())),* } };
+        }
+        pick!(
+            tokens, seq_len, micro_batch, grad_accum, lr, min_lr, warmup, schedule, weight_decay, beta1, beta2,
+            grad_clip, eval_interval, eval_tokens, save_interval, keep_checkpoints, seed, aux_loss_coef,
+            z_loss_coef, moe_loss
+        )
+    }
+}
+
+/// One entry of `stages:`; the key names the kind (`- scale_up: {...}`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", try_from = "StageEntry")]
+pub enum StageSpec {
+    Prepare(PrepareSpec),
+    ScaleUp(ScaleUpSpec),
+    ScaleOut(ScaleOutSpec),
+    Baseline(BaselineSpec),
+    Sweep(SweepSpec),
+}
+
+/// Where the text comes from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", try_from = "CorpusEntry")]
+pub enum CorpusSpec {
+    /// The built-in synthetic bilingual corpus, generated in the stage folder.
+    Builtin(BuiltinCorpus),
+    /// The user's text: plain files, JSONL, directories or globs.
+    Text(TextCorpus),
+    /// Data already tokenized into Megatron `.bin/.idx` (prefixes, without extension).
+    Prepared(PreparedData),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinCorpus {
+    /// Size of the generated text in MB (10^6 bytes).
+    pub size_mb: f64,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TextCorpus {
+    pub paths: Vec<PathBuf>,
+    /// JSONL field holding the text (default `text`).
+    #[serde(default)]
+    pub json_key: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreparedData {
+    pub train: PathBuf,
+    pub valid: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainTokenizer {
+    pub vocab_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InitModel {
+    /// config.json fields over escale's llama defaults.
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Which tokenizer turns the text into ids.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", try_from = "TokenizerEntry")]
+pub enum TokenizerSpec {
+    /// Train a small byte-level BPE on the corpus (models trained from scratch).
+    Train(TrainTokenizer),
+    /// A tokenizer.json file.
+    Path(PathBuf),
+}
+
+/// The dense model the pipeline starts from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", try_from = "ModelEntry")]
+pub enum ModelSpec {
+    /// A random HF-initialised model: `config` holds config.json fields over escale's llama defaults
+    /// (vocab_size defaults to the tokenizer's).
+    Init(InitModel),
+    /// An existing Hugging Face model folder.
+    From(PathBuf),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    pub name: String,
+    pub corpus: CorpusSpec,
+    /// Defaults to the model's own tokenizer.json (`model: {from: ...}`).
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSpec>,
+    /// Fraction of documents held out for validation when tokenizing text.
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    pub model: ModelSpec,
+    /// Train the starting model (needed for `init`; optional for `from`).
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+}
+
+fn default_valid_fraction() -> f64 {
+    0.02
+}
+
+/// Width/depth growth methods (see escale-grow).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpMethod {
+    Fpi,
+    Aki,
+    AkiPro,
+}
+
+/// Residual-stream presets of a Scale-Up.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpPreset {
+    Fpi,
+    FpiScaled,
+    ZeroPad,
+}
+
+/// Depth growth methods.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpDepth {
+    Interpolate,
+    Stack,
+    Identity,
+    InterpolateIdentity,
+}
+
+/// Target architecture of a Scale-Up; absent fields keep the source's value.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUpSpec {
+    pub name: String,
+    /// Source stage; defaults to the previous stage.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default = "default_up_method")]
+    pub method: UpMethod,
+    #[serde(default = "default_up_preset")]
+    pub preset: UpPreset,
+    #[serde(default)]
+    pub depth: Option<UpDepth>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    pub target: TargetSpec,
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+}
+
+fn default_up_method() -> UpMethod {
+    UpMethod::AkiPro
+}
+fn default_up_preset() -> UpPreset {
+    UpPreset::Fpi
+}
+
+/// One variant of a sweep.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepVariant {
+    pub method: UpMethod,
+    #[serde(default = "default_up_preset")]
+    pub preset: UpPreset,
+    #[serde(default)]
+    pub depth: Option<UpDepth>,
+    /// Stage name of this variant; defaults to `<sweep>-<method>[-<preset>]`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Several Scale-Up initialisations from the same source, trained side by side for the same budget.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    pub name: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    pub target: TargetSpec,
+    pub variants: Vec<SweepVariant>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeFormatSpec {
+    Mixtral,
+    Qwen2Moe,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterInitSpec {
+    Normal,
+    Zeros,
+    Uniform,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleOutSpec {
+    pub name: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default = "default_experts")]
+    pub experts: usize,
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    #[serde(default = "default_router_init")]
+    pub router_init: RouterInitSpec,
+    #[serde(default = "default_router_std")]
+    pub router_std: f64,
+    /// Defaults to mixtral, or qwen2_moe when the source has QKV bias.
+    #[serde(default)]
+    pub format: Option<MoeFormatSpec>,
+    #[serde(default = "default_one")]
+    pub granularity: usize,
+    #[serde(default)]
+    pub shared_experts: usize,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+}
+
+fn default_experts() -> usize {
+    8
+}
+fn default_top_k() -> usize {
+    2
+}
+fn default_router_init() -> RouterInitSpec {
+    RouterInitSpec::Normal
+}
+fn default_router_std() -> f64 {
+    0.02
+}
+fn default_one() -> usize {
+    1
+}
+
+/// How much compute a from-scratch baseline gets.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineBudget {
+    /// The cumulative FLOPs of the whole chain up to the end of the stage (the fair comparison:
+    /// the grown model is charged for its ancestors' training too).
+    Cumulative,
+    /// Only the FLOPs of the stage's own training.
+    Stage,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    pub name: String,
+    /// The stage whose architecture is trained from scratch.
+    pub of: String,
+    #[serde(default = "default_budget")]
+    pub budget: BaselineBudget,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Training settings (the token budget is derived from the FLOPs; `tokens` is not allowed).
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+}
+
+fn default_budget() -> BaselineBudget {
+    BaselineBudget::Cumulative
+}
+
+/// A YAML mapping with exactly one of several keys stands for an enum value. serde_yaml 0.9 reads
+/// externally tagged enums only from YAML tags (`!scale_up`), which few people write; these entry
+/// structs accept the natural `- scale_up: {...}` form and keep serde's YAML-path tracking.
+macro_rules! one_of {
+    ($entry:ident => $target:ident { $($key:ident : $ty:ty => $variant:ident),* $(,)? }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $entry {
+            $(#[serde(default)] $key: Option<$ty>,)*
+        }
+
+        impl TryFrom<$entry> for $target {
+            type Error = String;
+            fn try_from(e: $entry) -> Result<Self, String> {
+                let mut found = Vec::new();
+                $(if let Some(v) = e.$key { found.push($target::$variant(v)); })*
+                if found.len() == 1 {
+                    Ok(found.pop().unwrap())
+                } else {
+                    let keys = [$(stringify!($key)),*].join(", ");
+                    Err(format!("expected exactly one of: {keys} (found {})", found.len()))
+                }
+            }
+        }
+    };
+}
+
+one_of!(StageEntry => StageSpec {
+    prepare: PrepareSpec => Prepare,
+    scale_up: ScaleUpSpec => ScaleUp,
+    scale_out: ScaleOutSpec => ScaleOut,
+    baseline: BaselineSpec => Baseline,
+    sweep: SweepSpec => Sweep,
+});
+one_of!(CorpusEntry => CorpusSpec { builtin: BuiltinCorpus => Builtin, text: TextCorpus => Text, prepared: PreparedData => Prepared });
+one_of!(TokenizerEntry => TokenizerSpec { train: TrainTokenizer => Train, path: PathBuf => Path });
+one_of!(ModelEntry => ModelSpec { init: InitModel => Init, from: PathBuf => From });
+
+/// A pipeline file that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A key or value that does not fit the schema, with its YAML path.
+    #[error("{file}: {path}: {message}")]
+    Syntax { file: String, path: String, message: String },
+    /// A file that parses but does not make sense as a pipeline.
+    #[error("{file}: {path}: {message}")]
+    Invalid { file: String, path: String, message: String },
+}
+
+impl PipelineFile {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineFile, SchemaError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SchemaError::Io { path: path.to_path_buf(), source })?;
+        PipelineFile::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<PipelineFile, SchemaError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let parsed: PipelineFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = clean_message(&e.inner().to_string(), &path);
+            SchemaError::Syntax { file: file.to_string(), path, message }
+        })?;
+        parsed.validate().map_err(|(path, message)| SchemaError::Invalid { file: file.to_string(), path, message })?;
+        Ok(parsed)
+    }
+
+    /// Checks what the types cannot: unique names, sources that exist earlier, sensible numbers.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.stages.is_empty() {
+            return Err(("stages".into(), "at least one stage is required".into()));
+        }
+        if !matches!(self.stages[0], StageSpec::Prepare(_)) {
+            return Err(("stages[0]".into(), "the first stage must be `prepare` (data and starting model)".into()));
+        }
+        let mut names: Vec<String> = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let at = |field: &str| format!("stages[{i}].{}.{field}", stage.kind());
+            if i > 0 && matches!(stage, StageSpec::Prepare(_)) {
+                return Err((format!("stages[{i}]"), "only the first stage may be `prepare`".into()));
+            }
+            let check_from = |from: &Option<String>, names: &[String]| -> Result<(), (String, String)> {
+                match from {
+                    Some(f) if !names.contains(f) => {
+                        Err((at("from"), format!("no earlier stage named {f:?} (earlier: {})", names.join(", "))))
+                    }
+                    _ => Ok(()),
+                }
+            };
+            match stage {
+                StageSpec::Prepare(p) => {
+                    if !(0.0..0.5).contains(&p.valid_fraction) || p.valid_fraction == 0.0 {
+                        return Err((at("valid_fraction"), "must be in (0, 0.5)".into()));
+                    }
+                    if matches!(p.model, ModelSpec::Init { .. }) && p.train.is_none() {
+                        return Err((at("train"), "a model initialised at random must be trained here".into()));
+                    }
+                    if p.tokenizer.is_none() && !matches!(p.model, ModelSpec::From(_)) {
+                        return Err((at("tokenizer"), "required when the model is not loaded `from` a folder".into()));
+                    }
+                    if let CorpusSpec::Builtin(b) = &p.corpus {
+                        if b.size_mb <= 0.0 {
+                            return Err((at("corpus.builtin.size_mb"), "must be positive".into()));
+                        }
+                    }
+                }
+                StageSpec::ScaleUp(s) => check_from(&s.from, &names)?,
+                StageSpec::ScaleOut(s) => {
+                    check_from(&s.from, &names)?;
+                    if s.top_k == 0 || s.top_k > s.experts {
+                        return Err((at("top_k"), format!("must be between 1 and experts ({})", s.experts)));
+                    }
+                }
+                StageSpec::Sweep(s) => {
+                    check_from(&s.from, &names)?;
+                    if s.variants.is_empty() {
+                        return Err((at("variants"), "at least one variant is required".into()));
+                    }
+                }
+                StageSpec::Baseline(b) => {
+                    if !names.contains(&b.of) {
+                        return Err((at("of"), format!("no earlier stage named {:?}", b.of)));
+                    }
+                    if b.train.as_ref().is_some_and(|t| t.tokens.is_some()) {
+                        return Err((at("train.tokens"), "a baseline's tokens follow from its FLOPs budget".into()));
+                    }
+                }
+            }
+            for (j, name) in stage.names().into_iter().enumerate() {
+                if let Err(msg) = check_name(&name) {
+                    return Err((at("name"), msg));
+                }
+                if names.contains(&name) {
+                    let what = if j == 0 { at("name") } else { at(&format!("variants[{}]", j - 1)) };
+                    return Err((what, format!("duplicate stage name {name:?}")));
+                }
+                names.push(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StageSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageSpec::Prepare(_) => "prepare",
+            StageSpec::ScaleUp(_) => "scale_up",
+            StageSpec::ScaleOut(_) => "scale_out",
+            StageSpec::Baseline(_) => "baseline",
+            StageSpec::Sweep(_) => "sweep",
+        }
+    }
+
+    /// Stage names this entry defines: its own, then (for a sweep) one per variant.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            StageSpec::Prepare(s) => vec![s.name.clone()],
+            StageSpec::ScaleUp(s) => vec![s.name.clone()],
+            StageSpec::ScaleOut(s) => vec![s.name.clone()],
+            StageSpec::Baseline(s) => vec![s.name.clone()],
+            StageSpec::Sweep(s) => {
+                let mut v = vec![s.name.clone()];
+                v.extend(s.variants.iter().map(|var| variant_name(&s.name, var)));
+                v
+            }
+        }
+    }
+}
+
+/// Default stage name of a sweep variant: `<sweep>-<method>`, plus the preset when it is not `fpi`.
+pub fn variant_name(sweep: &str, v: &SweepVariant) -> String {
+    if let Some(n) = &v.name {
+        return n.clone();
+    }
+    let mut s = format!("{sweep}-{}", enum_str(&v.method));
+    if v.preset != UpPreset::Fpi {
+        s.push('-');
+        s.push_str(&enum_str(&v.preset));
+    }
+    s
+}
+
+/// The serde name of a unit enum value (`aki-pro`, `fpi-scaled`, ...).
+pub fn enum_str<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Stage names become folder names: keep them portable.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("stage name {name:?} must be 1-64 characters of letters, digits, '-' or '_'"))
+    }
+}
+
+/// serde_yaml prefixes some messages with the same path serde_path_to_error reports (and appends
+/// " at line L column C", which is worth keeping): drop the duplicate prefix.
+fn clean_message(msg: &str, path: &str) -> String {
+    let msg = msg.trim();
+    match msg.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name: tiny
+seed: 3
+train: {seq_len: 64, micro_batch: 4, lr: 0.003}
+stages:
+  - prepare:
+      name: base
+      corpus: {builtin: {size_mb: 0.5}}
+      tokenizer: {train: {vocab_size: 512}}
+      model: {init: {config: {hidden_size: 32, num_hidden_layers: 2}}}
+      train: {tokens: 10000}
+  - sweep:
+      name: up
+      target: {hidden_size: 64}
+      variants:
+        - {method: aki-pro}
+        - {method: fpi, preset: fpi-scaled}
+      train: {tokens: 5000, lr: 0.001}
+  - scale_out:
+      name: moe
+      from: up-fpi-fpi-scaled
+      experts: 4
+      top_k: 2
+      train: {tokens: 5000}
+  - baseline: {name: moe-scratch, of: moe}
+"#;
+
+    fn err(text: &str) -> String {
+        PipelineFile::parse(text, "p.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_complete_file_with_defaults() {
+        let p = PipelineFile::parse(GOOD, "p.yaml").unwrap();
+        assert_eq!(p.stages.len(), 4);
+        let StageSpec::ScaleOut(s) = &p.stages[2] else { panic!() };
+        assert_eq!(s.router_std, 0.02);
+        assert_eq!(s.granularity, 1);
+        let StageSpec::Sweep(sw) = &p.stages[1] else { panic!() };
+        assert_eq!(sw.variants[0].preset, UpPreset::Fpi);
+        assert_eq!(p.stages[1].names(), vec!["up", "up-aki-pro", "up-fpi-fpi-scaled"]);
+        let merged = sw.train.as_ref().unwrap().over(&p.train);
+        assert_eq!((merged.tokens, merged.lr, merged.seq_len), (Some(5000), Some(0.001), Some(64)));
+    }
+
+    #[test]
+    fn unknown_variant_names_the_yaml_path_and_the_choices() {
+        let bad = GOOD.replace("{method: aki-pro}", "{method: akii}");
+        let e = err(&bad);
+        assert!(e.starts_with("p.yaml: stages[1].sweep.variants[0].method: unknown variant `akii`"), "{e}");
+        assert!(e.contains("aki-pro"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_yaml_path() {
+        let bad = GOOD.replace("experts: 4", "experts: 4\n      topk: 2");
+        let e = err(&bad);
+        assert!(e.starts_with("p.yaml: stages[2].scale_out.topk: unknown field `topk`, expected one of"), "{e}");
+        let bad = GOOD.replace("seed: 3", "seeds: 3");
+        assert!(err(&bad).contains("unknown field `seeds`"));
+        let bad = GOOD.replace("corpus: {builtin:", "corpus: {bultin:");
+        let e = err(&bad);
+        assert!(e.starts_with("p.yaml: stages[0].prepare.corpus.bultin: unknown field `bultin`"), "{e}");
+        let bad = GOOD.replace("  - baseline: {name: moe-scratch, of: moe}", "  - {}");
+        assert!(err(&bad).contains("stages[3]: expected exactly one of: prepare, scale_up"), "{}", err(&bad));
+    }
+
+    #[test]
+    fn wrong_type_names_the_yaml_path() {
+        let bad = GOOD.replace("top_k: 2", "top_k: two");
+        let e = err(&bad);
+        assert!(e.starts_with("p.yaml: stages[2].scale_out.top_k: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_yaml_path() {
+        let e = err(&GOOD.replace("from: up-fpi-fpi-scaled", "from: upp"));
+        assert!(e.contains("stages[2].scale_out.from: no earlier stage named \"upp\""), "{e}");
+        let e = err(&GOOD.replace("top_k: 2", "top_k: 5"));
+        assert!(e.contains("stages[2].scale_out.top_k: must be between 1 and experts (4)"), "{e}");
+        let e = err(&GOOD.replace("name: moe\n", "name: base\n"));
+        assert!(e.contains("stages[2].scale_out.name: duplicate stage name \"base\""), "{e}");
+        let e = err(&GOOD.replace("{name: moe-scratch, of: moe}", "{name: s, of: moe, train: {tokens: 5}}"));
+        assert!(e.contains("stages[3].baseline.train.tokens"), "{e}");
+        let e = err(&GOOD.replace("name: moe\n", "name: m/o\n"));
+        assert!(e.contains("must be 1-64 characters"), "{e}");
+    }
+
+    #[test]
+    fn first_stage_must_prepare() {
+        let text = "stages:\n  - baseline: {name: b, of: a}\n";
+        assert!(err(text).contains("stages[0]: the first stage must be `prepare`"));
+        assert!(err("stages: []\n").contains("at least one stage"));
+    }
+}
