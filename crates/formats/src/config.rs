@@ -289,6 +289,17 @@ impl ModelConfig {
             }
         }
 
+        // Guard against absurd values before anything allocates per layer or per expert
+        // (a corrupt or hostile config must fail with a message, not exhaust memory).
+        for (field, value, max) in [
+            ("num_hidden_layers", req_usize(&raw, path, "num_hidden_layers")?, 4096usize),
+            ("num_experts", moe.as_ref().map_or(0, |m| m.num_experts), 65536),
+        ] {
+            if value > max {
+                return Err(FormatError::field(path, field, format!("{value} is not plausible (escale accepts at most {max})")));
+            }
+        }
+
         let cfg = ModelConfig {
             model_type,
             vocab_size: req_usize(&raw, path, "vocab_size")?,
