@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw rows (raw.tsv) into results.json (every run plus summaries, ratios and target
+verdicts) and tables.md (the Markdown tables of BENCHMARKS.md). Ratios are always against a reference measured in
+the same invocation."""
+import argparse
+import json
+import math
+import os
+import statistics
+
+GIB_KIB = 1024 * 1024
+CASE_TITLES = {
+    "disk": "Disk floor (dd)",
+    "scale_out": "Scale-out: 1.1B llama -> 8 experts top-2 (mixtral)",
+    "scale_up": "Scale-up: 1.1B -> hidden 2560, FFN 7040, 40 heads, 28 layers (aki-pro)",
+    "depth_up": "Scale-up depth only: 22 -> 34 layers",
+    "train": "Training throughput (d=256, 6 layers, seq 256, batch 8, f32, AdamW)",
+    "data": "Data: tokenization with the Qwen3 tokenizer",
+}
+
+
+def read_raw(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 8:
+                continue
+            case, variant, run, status, wall, rss, nbytes, note = parts[:8]
+            rows.append({"case": case, "variant": variant, "run": int(run), "status": status,
+                         "wall_s": float(wall), "peak_rss_kib": int(float(rss or 0)), "bytes": int(float(nbytes or 0)),
+                         "note": note})
+    return rows
+
+
+def summarize(rows):
+    ok = [r for r in rows if r["status"] == "ok"]
+    s = {"runs": rows, "ok_runs": len(ok)}
+    statuses = sorted({r["status"] for r in rows})
+    s["status"] = "ok" if ok else (statuses[0] if len(statuses) == 1 else "error")
+    notes = sorted({r["note"] for r in rows if r["note"]})
+    if notes:
+        s["note"] = "; ".join(notes)
+    if ok:
+        walls = [r["wall_s"] for r in ok]
+        s["wall_s"] = {"median": statistics.median(walls), "min": min(walls), "max": max(walls)}
+        s["peak_rss_kib"] = max(r["peak_rss_kib"] for r in ok)
+        s["bytes"] = int(statistics.median([r["bytes"] for r in ok]))
+        if s["bytes"] > 0:
+            s["mb_per_s"] = s["bytes"] / 1e6 / s["wall_s"]["median"]
+    return s
+
+
+def target(name, value, op, limit, unit=""):
+    if value is None or not math.isfinite(value):
+        return {"name": name, "value": None, "target": f"{op} {limit}{unit}", "met": None}
+    met = value <= limit if op == "<=" else value >= limit if op == ">=" else value < limit
+    return {"name": name, "value": value, "target": f"{op} {limit}{unit}", "met": met}
+
+
+def med(v, key="wall_s"):
+    if v and v.get("status") == "ok":
+        return v[key]["median"]
+    return None
+
+
+def growth(case, vs, floor_target, rss_target):
+    out = {"targets": []}
+    e, rd, wr = vs.get("escale"), vs.get("floor_read"), vs.get("floor_write")
+    floor = med(rd) + med(wr) if med(rd) is not None and med(wr) is not None else None
+    out["floor_s"] = floor
+    if floor is not None and med(e) is not None:
+        out["ratio_to_floor"] = med(e) / floor
+    if floor_target:
+        out["targets"].append(target("wall time / disk floor", out.get("ratio_to_floor"), "<=", 1.2, "x"))
+    else:
+        out["ratio_to_floor_info"] = True
+    if rss_target and e and e.get("status") == "ok":
+        out["targets"].append(target("peak RSS (GiB)", e["peak_rss_kib"] / GIB_KIB, "<=", 0.5, " GiB"))
+    elif rss_target:
+        out["targets"].append(target("peak RSS (GiB)", None, "<=", 0.5, " GiB"))
+    mk = {k: v for k, v in vs.items() if k.startswith("mergekit") and v.get("status") == "ok"}
+    if mk:
+        best_name = min(mk, key=lambda k: mk[k]["wall_s"]["median"])
+        out["mergekit_best"] = best_name
+        if med(e) is not None:
+            out["speedup_vs_mergekit"] = mk[best_name]["wall_s"]["median"] / med(e)
+    if case == "scale_out":
+        sp = out.get("speedup_vs_mergekit")
+        t = target("speed-up vs mergekit-moe best", sp, ">=", 2.5, "x")
+        if sp is None:
+            t["note"] = (vs.get("mergekit") or {}).get("note", "mergekit not measured")
+        out["targets"].append(t)
+    return out
+
+
+def train_summary(train_json):
+    """bench/train/run.sh writes results.json: {"escale": {...}, "pytorch": {...}, "peak_gflops": x} where each side
+    has "tokens_per_s" (list, one per run, or a number), optional "mfu" (list or number, fraction of peak),
+    optional "peak_rss_kib"."""
+    if not train_json or not os.path.exists(train_json):
+        return None
+    with open(train_json) as f:
+        raw = json.load(f)
+
+    def side(d):
+        if not isinstance(d, dict):
+            return None
+        tps = d.get("tokens_per_s")
+        tps = tps if isinstance(tps, list) else [tps] if tps is not None else []
+        tps = [float(x) for x in tps if x is not None]
+        s = {"tokens_per_s_runs": tps}
+        if tps:
+            s["tokens_per_s"] = {"median": statistics.median(tps), "min": min(tps), "max": max(tps)}
+        mfu = d.get("mfu")
+        if mfu is not None:
+            mfu = mfu if isinstance(mfu, list) else [mfu]
+            s["mfu"] = statistics.median([float(x) for x in mfu])
+        if d.get("peak_rss_kib") is not None:
+            s["peak_rss_kib"] = int(d["peak_rss_kib"])
+        return s
+
+    out = {"raw": raw, "escale": side(raw.get("escale")), "pytorch": side(raw.get("pytorch")),
+           "peak_gflops": raw.get("peak_gflops"), "targets": []}
+    e, p = out["escale"], out["pytorch"]
+    ratio = None
+    if e and p and "tokens_per_s" in e and "tokens_per_s" in p and p["tokens_per_s"]["median"] > 0:
+        ratio = e["tokens_per_s"]["median"] / p["tokens_per_s"]["median"]
+    out["ratio_to_pytorch"] = ratio
+    out["targets"].append(target("tokens/s vs PyTorch eager", ratio, ">=", 0.6, "x"))
+    return out
+
+
+def fmt_s(s):
+    w = s.get("wall_s")
+    if not w:
+        return "-"
+    return f"{w['median']:.2f} ({w['min']:.2f}-{w['max']:.2f})"
+
+
+def fmt_rss(s):
+    k = s.get("peak_rss_kib")
+    if not k:
+        return "-"
+    return f"{k / 1024:.0f} MiB" if k < GIB_KIB else f"{k / GIB_KIB:.2f} GiB"
+
+
+def fmt_gb(n):
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def verdict(t):
+    if t["met"] is None:
+        return f"{t['name']} {t['target']}: not measured"
+    v = t["value"]
+    return f"{t['name']} = {v:.2f} (target {t['target']}): {'met' if t['met'] else '**NOT met**'}"
+
+
+VARIANT_LABEL = {
+    "escale": "escale",
+    "floor_read": "disk floor: cold read of the input (dd)",
+    "floor_write": "disk floor: fdatasync'd write of the output size (dd)",
+    "mergekit_default": "mergekit-moe 0.1.5 (default)",
+    "mergekit_shard1B": "mergekit-moe 0.1.5 (--out-shard-size 1B)",
+    "mergekit_passthrough": "mergekit-yaml 0.1.5 passthrough (SOLAR slices)",
+    "mergekit": "mergekit",
+    "python_tokenizers": "Python tokenizers 0.23 encode_batch",
+    "harness": "bench/train/run.sh",
+}
+
+
+def table(case, c):
+    lines = [f"### {CASE_TITLES.get(case, case)}", ""]
+    if case == "train":
+        t = c.get("train")
+        if not t:
+            lines.append(f"Not measured: {c.get('note', 'no results')}")
+            return lines
+        lines += ["| implementation | tokens/s median (min-max) | MFU | peak RSS | ratio to PyTorch |", "|---|---|---|---|---|"]
+        for name in ("escale", "pytorch"):
+            s = t.get(name)
+            if not s or "tokens_per_s" in s and not s["tokens_per_s"]:
+                lines.append(f"| {name} | not measured | | | |")
+                continue
+            tp = s.get("tokens_per_s")
+            tps = f"{tp['median']:,.0f} ({tp['min']:,.0f}-{tp['max']:,.0f})" if tp else "-"
+            mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-"
+            ratio = "1.00" if name == "pytorch" else (f"{t['ratio_to_pytorch']:.2f}" if t.get("ratio_to_pytorch") else "-")
+            lines.append(f"| {name} | {tps} | {mfu} | {fmt_rss(s)} | {ratio} |")
+        if t.get("peak_gflops"):
+            lines += ["", f"MFU against the measured f32 matmul peak of {t['peak_gflops']:.0f} GFLOP/s."]
+    else:
+        vs = c["variants"]
+        ref_col = {"scale_out": "vs escale", "scale_up": "vs escale", "depth_up": "vs escale", "data": "throughput vs Python",
+                   "disk": ""}[case]
+        lines += [f"| what | runs | wall s, median (min-max) | peak RSS | size | MB/s | {ref_col} |", "|---|---|---|---|---|---|---|"]
+        esc = med(vs.get("escale"))
+        for name, s in vs.items():
+            label = VARIANT_LABEL.get(name, name)
+            if s["status"] != "ok":
+                lines.append(f"| {label} | 0 | {s['status'].replace('_', ' ')}: {s.get('note', '')} | | | | |")
+                continue
+            rel = ""
+            if case == "data" and name == "python_tokenizers" and esc:
+                rel = "1.00 (reference)"
+            elif case == "data" and name == "escale" and c.get("ratio_to_python") is not None:
+                rel = f"{c['ratio_to_python']:.2f}x"
+            elif case != "data" and case != "disk" and esc and name != "escale" and not name.startswith("floor"):
+                rel = f"{s['wall_s']['median'] / esc:.2f}x slower" if s['wall_s']['median'] >= esc else f"{esc / s['wall_s']['median']:.2f}x faster"
+            mbs = f"{s['mb_per_s']:.0f}" if s.get("mb_per_s") else "-"
+            size = fmt_gb(s["bytes"]) if s.get("bytes") else "-"
+            lines.append(f"| {label} | {s['ok_runs']} | {fmt_s(s)} | {fmt_rss(s) if not name.startswith('floor') else '-'} | {size} | {mbs} | {rel} |")
+        if c.get("floor_s") is not None:
+            r = c.get("ratio_to_floor")
+            lines += ["", f"Disk floor (median read + median write): {c['floor_s']:.2f} s"
+                      + (f"; escale / floor = **{r:.2f}x**." if r is not None else ".")]
+    if c.get("targets"):
+        lines += [""] + [f"- {verdict(t)}" for t in c["targets"]]
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--cases", required=True)
+    ap.add_argument("--runs", type=int, required=True)
+    ap.add_argument("--ref-runs", type=int, required=True)
+    ap.add_argument("--smoke", type=int, default=0)
+    ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--model-note", default="")
+    ap.add_argument("--mergekit-note", default="")
+    ap.add_argument("--train-json", default="")
+    ap.add_argument("--logs", default="")
+    a = ap.parse_args()
+    rows = read_raw(a.raw)
+    with open(a.machine) as f:
+        machine = json.load(f)
+    cases = {}
+    for case in a.cases.split():
+        crow = [r for r in rows if r["case"] == case]
+        variants = {}
+        for r in crow:
+            variants.setdefault(r["variant"], []).append(r)
+        vs = {k: summarize(v) for k, v in variants.items()}
+        c = {"variants": vs}
+        if case == "scale_out":
+            c.update(growth(case, vs, True, True))
+        elif case == "scale_up":
+            c.update(growth(case, vs, True, True))
+        elif case == "depth_up":
+            c.update(growth(case, vs, False, False))
+        elif case == "disk":
+            rd, wr = vs.get("floor_read"), vs.get("floor_write")
+            c["read_mb_per_s"] = rd.get("mb_per_s") if rd else None
+            c["write_mb_per_s"] = wr.get("mb_per_s") if wr else None
+        elif case == "data":
+            e, p = vs.get("escale"), vs.get("python_tokenizers")
+            c["targets"] = []
+            ratio = None
+            if e and p and e.get("mb_per_s") and p.get("mb_per_s"):
+                ratio = e["mb_per_s"] / p["mb_per_s"]
+            c["ratio_to_python"] = ratio
+            c["targets"].append(target("MB/s vs Python tokenizers", ratio, ">=", 0.9, "x"))
+            rss = e["peak_rss_kib"] / GIB_KIB if e and e.get("status") == "ok" else None
+            c["targets"].append(target("peak RSS (GiB)", rss, "<", 1.0, " GiB"))
+        elif case == "train":
+            t = train_summary(a.train_json)
+            if t:
+                c["train"] = t
+                c["targets"] = t["targets"]
+                for side in ("escale", "pytorch"):
+                    s = t.get(side)
+                    if s and s.get("tokens_per_s"):
+                        vs.setdefault(side, {"status": "ok", "ok_runs": len(s["tokens_per_s_runs"])})
+                        vs[side].update({"tokens_per_s": s["tokens_per_s"], "mfu": s.get("mfu")})
+            else:
+                c["note"] = "; ".join(v.get("note", "") for v in vs.values() if v.get("note")) or "not measured"
+        statuses = [v["status"] for v in vs.values()]
+        esc = vs.get("escale") or vs.get("floor_read")
+        c["status"] = esc["status"] if esc else ("ok" if "ok" in statuses else (statuses[0] if statuses else "missing"))
+        cases[case] = c
+    result = {"command": a.command, "smoke": bool(a.smoke), "runs": a.runs, "reference_runs": a.ref_runs,
+              "duration_s": a.duration, "machine": machine, "source_model": a.model_note,
+              "mergekit": a.mergekit_note or "installed", "cases": cases}
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2, allow_nan=False, default=lambda x: None)
+    md = [f"Command: `{a.command}` ({a.runs} runs per escale/floor row, {a.ref_runs} per reference row); "
+          f"took {a.duration / 60:.1f} min.", "",
+          f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, disk {machine['disk']}; "
+          f"kernel {machine['kernel']}; peak RSS via {machine['rss_method']}.", ""]
+    if a.model_note:
+        md += [a.model_note[0].upper() + a.model_note[1:] + ".", ""]
+    for case, c in cases.items():
+        md += table(case, c) + [""]
+    with open(os.path.join(a.out, "tables.md"), "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
