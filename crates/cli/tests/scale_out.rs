@@ -1,0 +1,93 @@
+//! `escale scale-out` end to end on the real stories260K model (skipped when shared/ is absent).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use escale_formats::{Checkpoint, LayerParam, MlpPart, MlpSite, ModelType, Param};
+
+fn stories() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/models/stories260K");
+    if dir.join("config.json").is_file() {
+        Some(dir)
+    } else {
+        println!("skipping: {} not found (shared test data absent)", dir.display());
+        None
+    }
+}
+
+fn escale(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
+}
+
+#[test]
+fn scale_out_writes_an_exact_mixtral_and_reports_it() {
+    let Some(src) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("moe");
+    let o = escale(&[
+        "scale-out", src.to_str().unwrap(), out.to_str().unwrap(), "--experts", "4", "--top-k", "2", "--seed", "3",
+        "--max-shard-size", "300KB", "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("mixtral") && stdout.contains("exact:"), "{stdout}");
+    let (dense, moe) = (Checkpoint::open(&src).unwrap(), Checkpoint::open(&out).unwrap());
+    assert_eq!(moe.config.model_type, ModelType::Mixtral);
+    assert!(moe.shard_paths().count() > 1, "--max-shard-size is honoured");
+    let up = |c: &Checkpoint, site| c.bytes(&c.name_of(Param::Layer(2, LayerParam::Mlp(site, MlpPart::Up)))).unwrap().to_vec();
+    assert_eq!(up(&moe, MlpSite::Expert(3)), up(&dense, MlpSite::Dense));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("escale_growth.json")).unwrap()).unwrap();
+    assert_eq!(manifest["router"]["seed"], 3);
+    assert_eq!(manifest["exactness"]["exact"], true);
+}
+
+#[test]
+fn scale_out_flags_reach_the_plan() {
+    let Some(src) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("moe");
+    let o = escale(&[
+        "scale-out", src.to_str().unwrap(), out.to_str().unwrap(), "--format", "qwen2_moe", "--experts", "4",
+        "--top-k", "2", "--granularity", "2", "--shared-experts", "2", "--router-init", "uniform", "--dtype", "bf16",
+        "--aux-loss-coef", "0.01", "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let moe = Checkpoint::open(&out).unwrap();
+    let m = moe.config.moe.clone().unwrap();
+    assert_eq!(moe.config.model_type, ModelType::Qwen2Moe);
+    assert_eq!((m.num_experts, m.expert_intermediate_size, m.shared_expert_intermediate_size), (4, 86, 172));
+    assert_eq!(m.router_aux_loss_coef, 0.01);
+    assert!(moe.tensors().iter().all(|t| t.dtype == escale_formats::DType::BF16));
+    let manifest = std::fs::read_to_string(out.join("escale_growth.json")).unwrap();
+    assert!(manifest.contains("\"uniform\""), "{manifest}");
+
+    let o = escale(&[
+        "scale-out", src.to_str().unwrap(), tmp.path().join("x").to_str().unwrap(), "--format", "qwen2_moe",
+        "--experts", "4", "--no-renormalize", "--quiet",
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT function-preserving"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT exact"));
+}
+
+#[test]
+fn scale_out_bad_input_fails_cleanly() {
+    let Some(src) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("moe");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--experts", "4", "--top-k", "5"], "--top-k"),
+        (&["--experts", "6", "--granularity", "3"], "does not divide the FFN size 172"),
+        (&["--shared-experts", "1"], "Mixtral has no shared expert"),
+        (&["--format", "gpt"], "unknown format"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["scale-out", src.to_str().unwrap(), out.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let o = escale(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(needle), "{flags:?}: {stderr}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "{flags:?} left files behind");
+    }
+}
