@@ -1,7 +1,276 @@
-// TEMPORARY: being implemented; replaced before landing.
-#[derive(clap::Args)]
-pub struct Args {}
+//! `escale scale-up`: grow a dense model in width and depth (see `escale_grow::scale_up`).
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`scale_up` is not implemented yet")
+use std::path::PathBuf;
+
+use anyhow::Context;
+use escale_formats::writer::{check_output, parse_size};
+use escale_formats::{Checkpoint, DType, ModelConfig};
+use escale_grow::scale_up::{
+    execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
+    ScaleUpPlan, ScaleUpReport, Target, TargetDims,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Dense source model folder (llama, mistral or qwen2; config.json + safetensors).
+    pub source: PathBuf,
+    /// Output folder for the grown model (must not exist or be empty, unless --force).
+    pub output: PathBuf,
+    /// Target hidden size (default: the source's). Any size >= the source's.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Target FFN (intermediate) size (default: the source's).
+    #[arg(long)]
+    pub intermediate: Option<usize>,
+    /// Target number of layers (default: the source's).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Target number of query heads (default: the source's); a multiple of the KV heads, which
+    /// stay fixed, as does head_dim.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Take the four target sizes from this config.json instead (its architecture, vocab, KV heads
+    /// and head_dim must match the source).
+    #[arg(long, conflicts_with_all = ["hidden", "intermediate", "layers", "heads"])]
+    pub target_config: Option<PathBuf>,
+    /// Width method: `fpi` (function-preserving copies), `aki` (new heads / FFN neurons from the
+    /// next layer), or `aki-pro` (AKI + interpolation depth growth; AquilaMoE's choice).
+    #[arg(long, default_value = "aki-pro", value_parser = parse_method)]
+    pub method: Method,
+    /// Residual-stream preset: `fpi` (plain copies; exact only when every channel is copied
+    /// equally often, e.g. 2x), `fpi-scaled` or `zero-pad` (exact for any width).
+    #[arg(long, default_value = "fpi", value_parser = parse_preset)]
+    pub preset: Preset,
+    /// Depth growth: `interpolate` (default), `stack` (bert2BERT: whole copies + top remainder),
+    /// `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks; exact), or
+    /// `interpolate-identity` (interpolation with zero-init duplicates; exact).
+    #[arg(long, value_parser = parse_depth)]
+    pub depth: Option<DepthMethod>,
+    /// Hidden-channel (and FFN neuron) map: `circular` (j mod d) or `random` (seeded).
+    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    pub hidden_map: MapKind,
+    /// Which head of its own KV group each new query head copies: `circular` or `random` (seeded).
+    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    pub head_map: MapKind,
+    /// Fan-out of copied units: `equal` (1/c each) or `lemon[:STD]` (equal plus zero-sum noise
+    /// that keeps the function but breaks the symmetry of copies; STD defaults to the source's
+    /// initializer_range).
+    #[arg(long, default_value = "equal", value_parser = parse_fanout)]
+    pub fanout: FanoutArg,
+    /// Seed of every random choice (random maps, LEMON noise); recorded in the manifest.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
+    /// rounded once.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
+    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
+    pub max_shard_size: u64,
+    /// Replace an existing output folder (atomically, once the new one is complete).
+    #[arg(long)]
+    pub force: bool,
+    /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer (default) or
+    /// from the layer itself (`self`).
+    #[arg(long, default_value = "upper", value_parser = parse_consumer)]
+    pub aki_consumer_source: AkiConsumerSource,
+    /// AKI: fill only new heads and FFN neurons from the upper layer (`units`, default), or also
+    /// the new hidden-size rows of o_proj / down_proj (`all`).
+    #[arg(long, default_value = "units", value_parser = parse_scope)]
+    pub aki_scope: AkiScope,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Most output bytes held in memory at once, e.g. 256MB.
+    #[arg(long, default_value = "256MB", value_parser = parse_shard_size)]
+    pub memory_budget: u64,
+    /// Print the plan and its exactness verdict, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `--fanout`: LEMON's default std depends on the source config, so it is resolved later.
+#[derive(Clone, Copy, Debug)]
+pub enum FanoutArg {
+    Equal,
+    Lemon(Option<f32>),
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::parse(s).ok_or_else(|| format!("unknown method `{s}` (expected fpi, aki or aki-pro)"))
+}
+
+fn parse_preset(s: &str) -> Result<Preset, String> {
+    Preset::parse(s).ok_or_else(|| format!("unknown preset `{s}` (expected fpi, fpi-scaled or zero-pad)"))
+}
+
+fn parse_depth(s: &str) -> Result<DepthMethod, String> {
+    DepthMethod::parse(s).ok_or_else(|| {
+        format!("unknown depth method `{s}` (expected interpolate, stack, stack-mod, identity or interpolate-identity)")
+    })
+}
+
+fn parse_map(s: &str) -> Result<MapKind, String> {
+    match s {
+        "circular" => Ok(MapKind::Circular),
+        "random" => Ok(MapKind::Random),
+        _ => Err(format!("unknown map `{s}` (expected circular or random)")),
+    }
+}
+
+fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
+    match s.split_once(':') {
+        None if s == "equal" => Ok(FanoutArg::Equal),
+        None if s == "lemon" => Ok(FanoutArg::Lemon(None)),
+        Some(("lemon", std)) => std
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .map(|v| FanoutArg::Lemon(Some(v)))
+            .ok_or_else(|| format!("invalid LEMON std `{std}` (a positive number, e.g. lemon:0.02)")),
+        _ => Err(format!("unknown fan-out `{s}` (expected equal, lemon or lemon:STD)")),
+    }
+}
+
+fn parse_consumer(s: &str) -> Result<AkiConsumerSource, String> {
+    match s {
+        "upper" => Ok(AkiConsumerSource::Upper),
+        "self" => Ok(AkiConsumerSource::SelfLayer),
+        _ => Err(format!("unknown AKI consumer source `{s}` (expected upper or self)")),
+    }
+}
+
+fn parse_scope(s: &str) -> Result<AkiScope, String> {
+    match s {
+        "units" => Ok(AkiScope::Units),
+        "all" => Ok(AkiScope::All),
+        _ => Err(format!("unknown AKI scope `{s}` (expected units or all)")),
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
+}
+
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
+}
+
+impl Args {
+    fn target(&self) -> anyhow::Result<Target> {
+        if let Some(path) = &self.target_config {
+            let cfg = ModelConfig::from_file(path).with_context(|| "reading --target-config")?;
+            return Ok(Target::Config(Box::new(cfg)));
+        }
+        Ok(Target::Dims(TargetDims {
+            hidden_size: self.hidden,
+            intermediate_size: self.intermediate,
+            num_attention_heads: self.heads,
+            num_hidden_layers: self.layers,
+        }))
+    }
+
+    fn options(&self, source: &ModelConfig) -> ScaleUpOptions {
+        let fanout = match self.fanout {
+            FanoutArg::Equal => Fanout::Equal,
+            FanoutArg::Lemon(std) => Fanout::Lemon { scale: std.unwrap_or(source.initializer_range as f32) },
+        };
+        ScaleUpOptions {
+            method: self.method,
+            preset: self.preset,
+            depth: self.depth,
+            hidden_map: self.hidden_map,
+            head_map: self.head_map,
+            fanout,
+            seed: self.seed,
+            aki_consumer_source: self.aki_consumer_source,
+            aki_scope: self.aki_scope,
+            dtype: self.dtype,
+        }
+    }
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} scale-up [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.dry_run {
+        check_output(&args.output, args.force)?;
+    }
+    let target = args.target()?;
+    let src = Checkpoint::open(&args.source).with_context(|| format!("opening {}", args.source.display()))?;
+    let plan = ScaleUpPlan::new(&src.config, &target, &args.options(&src.config))
+        .with_context(|| format!("planning the scale-up of {}", args.source.display()))?;
+    print_plan(&plan);
+    if args.dry_run {
+        return Ok(());
+    }
+    let exec = ExecOptions { max_shard_bytes: args.max_shard_size, force: args.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
+    let bar = progress_bar(args.quiet);
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let report = execute(&plan, &src, &args.output, &exec, Some(&progress))
+        .with_context(|| format!("scale-up of {}", args.source.display()))?;
+    bar.finish_and_clear();
+    print_summary(&report);
+    Ok(())
+}
+
+fn print_plan(plan: &ScaleUpPlan) {
+    let o = &plan.options;
+    println!("scale-up plan: {}", plan.summary_line());
+    println!(
+        "  method {}, preset {}, depth {}, hidden map {}, head map {}, fan-out {}, seed {}",
+        o.method.as_str(),
+        o.preset.as_str(),
+        o.depth_method().as_str(),
+        o.hidden_map.as_str(),
+        o.head_map.as_str(),
+        match o.fanout {
+            Fanout::Equal => "equal".to_string(),
+            Fanout::Lemon { scale } => format!("lemon (std {scale})"),
+        },
+        o.seed
+    );
+    if o.method.is_aki() {
+        println!("  AKI consumer source {}, scope {}", o.aki_consumer_source.as_str(), o.aki_scope.as_str());
+    }
+    let dup: Vec<usize> = (1..plan.depth.map.len()).filter(|&l| plan.depth.map[l] == plan.depth.map[l - 1]).map(|l| plan.depth.map[l]).collect();
+    println!("  depth map {:?} (repeated source layers {:?})", plan.depth.map, dup);
+    if plan.target.rms_norm_eps != plan.source.rms_norm_eps {
+        println!("  rms_norm_eps {} -> {}", plan.source.rms_norm_eps, plan.target.rms_norm_eps);
+    }
+    if plan.exactness.exact {
+        println!("  exact: the grown model computes the source's function (up to f32 / output-dtype rounding)");
+    } else {
+        println!("  NOT exact: {}", plan.exactness.reasons.join("; "));
+    }
+}
+
+fn print_summary(r: &ScaleUpReport) {
+    let gb = |b: u64| b as f64 / 1e9;
+    println!("wrote {} ({} tensors, manifest {})", r.out_dir.display(), r.tensors, escale_grow::MANIFEST_FILE);
+    println!(
+        "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} GB/s written)",
+        gb(r.bytes_read),
+        gb(r.bytes_written),
+        r.seconds,
+        gb(r.bytes_written) / r.seconds.max(1e-9)
+    );
 }

@@ -36,6 +36,8 @@ pub struct ExecOptions {
     /// Most output bytes held in memory at once across the parallel workers (a single larger
     /// tensor still runs, alone).
     pub memory_budget_bytes: u64,
+    /// Worker threads; `None` uses rayon's global pool (all cores).
+    pub threads: Option<usize>,
 }
 
 impl Default for ExecOptions {
@@ -44,6 +46,7 @@ impl Default for ExecOptions {
             max_shard_bytes: escale_formats::writer::DEFAULT_MAX_SHARD_BYTES,
             force: false,
             memory_budget_bytes: 256 << 20,
+            threads: None,
         }
     }
 }
@@ -93,7 +96,7 @@ pub fn execute(
     let budget = ByteBudget::new(opts.memory_budget_bytes.max(1));
     let done = AtomicU64::new(0);
     let read = AtomicU64::new(0);
-    (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
+    let work = || (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
         let spec = &specs[i];
         let _permit = budget.acquire(spec.byte_len());
         let bytes = compute_tensor(&rules[i], &reader, spec.dtype, &read)?;
@@ -103,7 +106,15 @@ pub fn execute(
             p(now, total);
         }
         Ok(())
-    })?;
+    });
+    match opts.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map_err(|e| ScaleUpError::Invalid { context: "--threads".into(), message: e.to_string() })?
+            .install(work)?,
+        None => work()?,
+    }
     let out = writer.finish(&plan.target, Some(src.dir()))?;
     Ok(ScaleUpReport {
         out_dir: out,
