@@ -8,3 +8,7 @@
 //! the loss-vs-FLOPs figure.
 
 pub mod schema;
+pub mod manifest;
+pub mod metrics;
+pub mod plot;
+pub mod report;

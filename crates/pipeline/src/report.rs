@@ -1,0 +1,453 @@
+//! The run's report: `summary.json` (for machines), `report.md` (for people) and the
+//! loss-vs-FLOPs figure ([`crate::plot`]), all derived from the stage records alone so that a
+//! report can be rebuilt, and tested, without running anything.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use escale_formats::summary::human_count;
+use serde::Serialize;
+
+use crate::manifest::{write_atomic, StageKind, StageRecord};
+
+/// A transition: the source's final validation loss against the grown model's initial one.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Transition {
+    pub from: String,
+    pub to: String,
+    pub kind: StageKind,
+    pub method: String,
+    pub exact: Option<bool>,
+    pub source_val_loss: f64,
+    pub grown_val_loss: f64,
+    /// `(grown - source) / source`: 0 when the growth preserved the function.
+    pub relative_gap: f64,
+}
+
+/// A grown stage against the from-scratch training of its architecture.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BaselineComparison {
+    pub stage: String,
+    pub baseline: String,
+    /// Cumulative FLOPs at the end of the grown stage / total FLOPs of the baseline.
+    pub stage_flops: f64,
+    pub baseline_flops: f64,
+    pub stage_val_loss: f64,
+    pub baseline_val_loss: f64,
+    /// True when the grown model reached the lower validation loss.
+    pub grown_better: bool,
+}
+
+/// Side-by-side sweep variants (same source, same budget).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SweepEntry {
+    pub sweep: String,
+    pub stage: String,
+    pub method: String,
+    pub exact: Option<bool>,
+    pub val_loss_start: Option<f64>,
+    pub val_loss_end: Option<f64>,
+}
+
+/// One row of the stage table in summary.json (the record without its curve).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StageRow {
+    pub name: String,
+    pub kind: StageKind,
+    pub source: Option<String>,
+    pub method: String,
+    pub exact: Option<bool>,
+    pub arch: String,
+    pub params_total: u64,
+    pub params_active: u64,
+    pub tokens: u64,
+    pub flops: f64,
+    pub flops_start: f64,
+    pub flops_end: f64,
+    pub val_loss_start: Option<f64>,
+    pub val_loss_end: Option<f64>,
+    pub wall_s: f64,
+    pub model_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub name: String,
+    pub stages: Vec<StageRow>,
+    pub transitions: Vec<Transition>,
+    pub baselines: Vec<BaselineComparison>,
+    pub sweeps: Vec<SweepEntry>,
+    pub total_wall_s: f64,
+}
+
+impl Summary {
+    pub fn from_records(name: &str, records: &[StageRecord]) -> Summary {
+        let find = |n: &str| records.iter().find(|r| r.name == n);
+        let stages = records
+            .iter()
+            .map(|r| StageRow {
+                name: r.name.clone(),
+                kind: r.kind,
+                source: r.source.clone(),
+                method: r.method.clone(),
+                exact: r.exact,
+                arch: r.arch.clone(),
+                params_total: r.params_total,
+                params_active: r.params_active,
+                tokens: r.tokens,
+                flops: r.flops,
+                flops_start: r.flops_start,
+                flops_end: r.flops_end(),
+                val_loss_start: r.val_loss_start,
+                val_loss_end: r.val_loss_end,
+                wall_s: r.wall_s,
+                model_dir: r.model_dir.clone(),
+            })
+            .collect();
+        let transitions = records
+            .iter()
+            .filter(|r| matches!(r.kind, StageKind::ScaleUp | StageKind::ScaleOut))
+            .filter_map(|r| {
+                let (src, grown) = (r.source_val_loss?, r.val_loss_start?);
+                Some(Transition {
+                    from: r.source.clone().unwrap_or_default(),
+                    to: r.name.clone(),
+                    kind: r.kind,
+                    method: r.method.clone(),
+                    exact: r.exact,
+                    source_val_loss: src,
+                    grown_val_loss: grown,
+                    relative_gap: (grown - src) / src,
+                })
+            })
+            .collect();
+        let baselines = records
+            .iter()
+            .filter(|b| b.kind == StageKind::Baseline)
+            .filter_map(|b| {
+                let s = find(b.source.as_deref()?)?;
+                let (sv, bv) = (s.val_loss_end?, b.val_loss_end?);
+                Some(BaselineComparison {
+                    stage: s.name.clone(),
+                    baseline: b.name.clone(),
+                    stage_flops: s.flops_end(),
+                    baseline_flops: b.flops_end(),
+                    stage_val_loss: sv,
+                    baseline_val_loss: bv,
+                    grown_better: sv < bv,
+                })
+            })
+            .collect();
+        let sweeps = records
+            .iter()
+            .filter_map(|r| {
+                Some(SweepEntry {
+                    sweep: r.sweep.clone()?,
+                    stage: r.name.clone(),
+                    method: r.method.clone(),
+                    exact: r.exact,
+                    val_loss_start: r.val_loss_start,
+                    val_loss_end: r.val_loss_end,
+                })
+            })
+            .collect();
+        Summary {
+            name: name.to_string(),
+            stages,
+            transitions,
+            baselines,
+            sweeps,
+            total_wall_s: records.iter().map(|r| r.wall_s).sum(),
+        }
+    }
+
+    /// The report in Markdown.
+    pub fn to_markdown(&self, figure: Option<&str>) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# escale run: {}\n", self.name);
+        if let Some(fig) = figure {
+            let _ = writeln!(s, "![training and validation loss against cumulative training FLOPs]({fig})\n");
+        }
+        let _ = writeln!(s, "## Stages\n");
+        let _ = writeln!(
+            s,
+            "| stage | kind | from | method | architecture | params total | params active | tokens | FLOPs (stage) | FLOPs (cumulative) | val loss start | val loss end | wall time |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.stages {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.name,
+                r.kind.as_str(),
+                r.source.as_deref().unwrap_or("-"),
+                r.method,
+                r.arch,
+                human_count(r.params_total),
+                human_count(r.params_active),
+                human_count(r.tokens),
+                sci(r.flops),
+                sci(r.flops_end),
+                loss(r.val_loss_start),
+                loss(r.val_loss_end),
+                duration(r.wall_s)
+            );
+        }
+        if !self.transitions.is_empty() {
+            let _ = writeln!(s, "\n## Transitions (maintain, then reduce, the loss)\n");
+            let _ = writeln!(
+                s,
+                "Validation loss of the source at the end of its stage and of the grown model before any training, on the same held-out tokens.\n"
+            );
+            let _ = writeln!(s, "| from | to | method | function preserving | source val loss | grown val loss | gap |");
+            let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|");
+            for t in &self.transitions {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.4} | {:.4} | {:+.2}% |",
+                    t.from,
+                    t.to,
+                    t.method,
+                    exact(t.exact),
+                    t.source_val_loss,
+                    t.grown_val_loss,
+                    100.0 * t.relative_gap
+                );
+            }
+        }
+        if !self.sweeps.is_empty() {
+            let _ = writeln!(s, "\n## Scale-up initialisations side by side\n");
+            let _ = writeln!(s, "| sweep | stage | method | function preserving | val loss start | val loss end |");
+            let _ = writeln!(s, "|---|---|---|---|---:|---:|");
+            for e in &self.sweeps {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    e.sweep,
+                    e.stage,
+                    e.method,
+                    exact(e.exact),
+                    loss(e.val_loss_start),
+                    loss(e.val_loss_end)
+                );
+            }
+            if let Some(best) = self
+                .sweeps
+                .iter()
+                .filter(|e| e.val_loss_end.is_some())
+                .min_by(|a, b| a.val_loss_end.unwrap().total_cmp(&b.val_loss_end.unwrap()))
+            {
+                let _ = writeln!(s, "\nLowest final validation loss: **{}** ({}).", best.stage, best.method);
+            }
+        }
+        if !self.baselines.is_empty() {
+            let _ = writeln!(s, "\n## Grown models against from-scratch training at equal FLOPs\n");
+            let _ = writeln!(s, "| grown stage | baseline | FLOPs grown (cumulative) | FLOPs baseline | val loss grown | val loss baseline | lower |");
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
+            for b in &self.baselines {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.4} | {:.4} | {} |",
+                    b.stage,
+                    b.baseline,
+                    sci(b.stage_flops),
+                    sci(b.baseline_flops),
+                    b.stage_val_loss,
+                    b.baseline_val_loss,
+                    if b.grown_better { "grown" } else { "baseline" }
+                );
+            }
+        }
+        let _ = writeln!(s, "\nTotal wall time: {}.", duration(self.total_wall_s));
+        s
+    }
+
+    /// The short table printed at the end of a run.
+    pub fn to_terminal(&self) -> String {
+        let mut s = String::new();
+        let w = self.stages.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(s, "{:w$}  {:9}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}", "stage", "kind", "params", "active", "FLOPs", "val start", "val end", "time");
+        for r in &self.stages {
+            let _ = writeln!(
+                s,
+                "{:w$}  {:9}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}",
+                r.name,
+                r.kind.as_str(),
+                human_count(r.params_total),
+                human_count(r.params_active),
+                sci(r.flops_end),
+                loss(r.val_loss_start),
+                loss(r.val_loss_end),
+                duration(r.wall_s)
+            );
+        }
+        for t in &self.transitions {
+            let _ = writeln!(
+                s,
+                "transition {} -> {}: {:.4} -> {:.4} ({:+.2}%, {})",
+                t.from,
+                t.to,
+                t.source_val_loss,
+                t.grown_val_loss,
+                100.0 * t.relative_gap,
+                if t.exact == Some(true) { "function preserving" } else { "not function preserving" }
+            );
+        }
+        for b in &self.baselines {
+            let _ = writeln!(
+                s,
+                "{} {:.4} vs from-scratch {} {:.4} at {} / {} FLOPs: {} lower",
+                b.stage,
+                b.stage_val_loss,
+                b.baseline,
+                b.baseline_val_loss,
+                sci(b.stage_flops),
+                sci(b.baseline_flops),
+                if b.grown_better { "grown" } else { "baseline" }
+            );
+        }
+        s
+    }
+}
+
+fn sci(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+fn loss(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+}
+
+fn exact(x: Option<bool>) -> &'static str {
+    match x {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+}
+
+fn duration(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// Paths of the report files in a run directory.
+pub struct ReportFiles {
+    pub markdown: PathBuf,
+    pub summary: PathBuf,
+    pub png: PathBuf,
+    pub svg: PathBuf,
+}
+
+/// Writes summary.json, report.md and both figures into `run_dir`.
+pub fn write_report(run_dir: &Path, name: &str, records: &[StageRecord]) -> Result<(Summary, ReportFiles)> {
+    let summary = Summary::from_records(name, records);
+    let files = ReportFiles {
+        markdown: run_dir.join("report.md"),
+        summary: run_dir.join("summary.json"),
+        png: run_dir.join("loss_vs_flops.png"),
+        svg: run_dir.join("loss_vs_flops.svg"),
+    };
+    crate::plot::write_figures(records, name, &files.png, &files.svg)?;
+    write_atomic(&files.summary, &serde_json::to_vec_pretty(&summary)?)?;
+    write_atomic(&files.markdown, summary.to_markdown(Some("loss_vs_flops.png")).as_bytes())?;
+    Ok((summary, files))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::metrics::{Curve, Point};
+
+    /// A synthetic three-stage run plus a baseline, with curves that fall with FLOPs.
+    pub(crate) fn synthetic_run() -> Vec<StageRecord> {
+        let curve = |f0: f64, f1: f64, l0: f64, l1: f64| {
+            let pts = |n: usize| -> Vec<Point> {
+                (0..=n)
+                    .map(|i| {
+                        let t = i as f64 / n as f64;
+                        Point { flops: f0 + t * (f1 - f0), tokens: (i * 100) as u64, loss: l0 + t * (l1 - l0) }
+                    })
+                    .collect()
+            };
+            Curve { train: pts(40)[1..].to_vec(), valid: pts(4) }
+        };
+        let rec = |name: &str, kind, source: Option<&str>, f0: f64, f1: f64, l0: f64, l1: f64| StageRecord {
+            name: name.into(),
+            kind,
+            source: source.map(Into::into),
+            sweep: None,
+            method: "m".into(),
+            exact: None,
+            arch: "llama d=8".into(),
+            params_total: 1000,
+            params_active: 1000,
+            tokens: 4000,
+            flops: f1 - f0,
+            flops_start: f0,
+            source_val_loss: None,
+            val_loss_start: Some(l0),
+            val_loss_end: Some(l1),
+            wall_s: 2.0,
+            model_dir: format!("{name}/model").into(),
+            curve: curve(f0, f1, l0, l1),
+            key: String::new(),
+            model_fingerprint: String::new(),
+        };
+        let base = rec("base", StageKind::Prepare, None, 0.0, 1e12, 7.0, 4.0);
+        let mut up = rec("up", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.01, 3.0);
+        up.source_val_loss = Some(4.0);
+        up.exact = Some(true);
+        up.sweep = Some("grow".into());
+        let mut aki = rec("up-aki", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.5, 2.9);
+        aki.source_val_loss = Some(4.0);
+        aki.exact = Some(false);
+        aki.sweep = Some("grow".into());
+        let scratch = rec("up-scratch", StageKind::Baseline, Some("up"), 0.0, 3e12, 7.0, 3.4);
+        vec![base, up, aki, scratch]
+    }
+
+    #[test]
+    fn summary_has_transitions_baselines_and_sweeps() {
+        let s = Summary::from_records("t", &synthetic_run());
+        assert_eq!(s.stages.len(), 4);
+        assert_eq!(s.stages[1].flops_end, 3e12);
+        assert_eq!(s.transitions.len(), 2);
+        assert!((s.transitions[0].relative_gap - 0.0025).abs() < 1e-12);
+        assert_eq!(s.transitions[1].from, "base");
+        assert_eq!(
+            s.baselines,
+            vec![BaselineComparison {
+                stage: "up".into(),
+                baseline: "up-scratch".into(),
+                stage_flops: 3e12,
+                baseline_flops: 3e12,
+                stage_val_loss: 3.0,
+                baseline_val_loss: 3.4,
+                grown_better: true
+            }]
+        );
+        assert_eq!(s.sweeps.iter().map(|e| e.stage.as_str()).collect::<Vec<_>>(), ["up", "up-aki"]);
+        assert_eq!(s.total_wall_s, 8.0);
+    }
+
+    #[test]
+    fn markdown_tables_carry_the_numbers() {
+        let md = Summary::from_records("t", &synthetic_run()).to_markdown(Some("loss_vs_flops.png"));
+        assert!(md.contains("![training and validation loss against cumulative training FLOPs](loss_vs_flops.png)"));
+        assert!(md.contains("| base | prepare | - | m | llama d=8 | 1.0K | 1.0K | 4.0K | 1.00e12 | 1.00e12 | 7.0000 | 4.0000 | 2.0 s |"), "{md}");
+        assert!(md.contains("| base | up | m | yes | 4.0000 | 4.0100 | +0.25% |"), "{md}");
+        assert!(md.contains("| up | up-scratch | 3.00e12 | 3.00e12 | 3.0000 | 3.4000 | grown |"), "{md}");
+        assert!(md.contains("Lowest final validation loss: **up-aki** (m)."));
+        let term = Summary::from_records("t", &synthetic_run()).to_terminal();
+        assert!(term.contains("transition base -> up: 4.0000 -> 4.0100 (+0.25%, function preserving)"), "{term}");
+    }
+}
