@@ -182,7 +182,9 @@ EOF
 if [ -z "$ESCALE" ]; then
   log "building escale (release)"
   (cd "$ROOT" && cargo build --release -p escale) >&2 || { echo "bench: cargo build failed" >&2; exit 1; }
-  ESCALE="$ROOT/target/release/escale"
+  # A private copy: other people's builds may replace target/release/escale during the run.
+  cp "$ROOT/target/release/escale" "$WORK/escale" || exit 1
+  ESCALE="$WORK/escale"
 fi
 [ -x "$ESCALE" ] || { echo "bench: no escale binary at $ESCALE" >&2; exit 1; }
 log "escale: $ESCALE"
@@ -340,7 +342,7 @@ case_disk() {
 case_data() {
   if [ ! -f "$QWEN3" ]; then skip data escale "Qwen3 tokenizer not found at $QWEN3"; return; fi
   local text="$WORK/text.jsonl" srcs=() r
-  if [ "$SMOKE" = 0 ] && "$ESCALE" make-corpus --size 20MB --seed 1 --output "$WORK/corpus" > "$LOGS/make-corpus.log" 2>&1; then
+  if [ "$SMOKE" = 0 ] && "$ESCALE" make-corpus --size "$((TEXT_BYTES / 1000000))MB" --seed 1 --output "$WORK/corpus" > "$LOGS/make-corpus.log" 2>&1; then
     srcs=("$WORK/corpus")
   elif [ -d "$SHARED/testdata/corpus" ]; then
     srcs=("$SHARED/testdata/corpus")

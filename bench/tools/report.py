@@ -291,6 +291,8 @@ def main():
           f"took {a.duration / 60:.1f} min.", "",
           f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, disk {machine['disk']}; "
           f"kernel {machine['kernel']}; peak RSS via {machine['rss_method']}.", ""]
+    if a.smoke:
+        md += ["**Smoke mode**: tiny shapes, one run; the numbers and verdicts below say nothing about performance.", ""]
     if a.model_note:
         md += [a.model_note[0].upper() + a.model_note[1:] + ".", ""]
     for case, c in cases.items():
