@@ -4,10 +4,12 @@
 
 pub mod compare;
 pub mod error;
+pub mod evaluate;
 pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod rope;
+pub mod text;
 
 pub use error::{ModelError, Result};
 pub use model::{ForwardOutput, KvCache, Model};

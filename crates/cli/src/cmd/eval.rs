@@ -1,7 +1,72 @@
-// TEMPORARY: being implemented; replaced before landing.
-#[derive(clap::Args)]
-pub struct Args {}
+//! `escale eval`: next-token loss and perplexity of a model on a text file, streamed in windows of
+//! the context length, with per-layer expert load for MoE models.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`eval` is not implemented yet")
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use escale_model::evaluate::Evaluator;
+use escale_model::text;
+
+use super::verify::{load_model, Precision};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face model folder (its tokenizer.json tokenizes the text).
+    pub model: PathBuf,
+    /// Text file to score. Read and tokenized in chunks, so it may be larger than memory.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per window (default and maximum: the model's max_position_embeddings). Windows
+    /// overlap by one token so every token after the first is predicted once.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Stop after this many tokens (0: the whole file).
+    #[arg(long, default_value_t = 0)]
+    pub max_tokens: usize,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let model = load_model(&args.model, args.dtype.dtype())?;
+    let tok = text::load_tokenizer(&args.model)?;
+    let window = args.window.unwrap_or(model.config.max_position_embeddings);
+    if window < 2 {
+        bail!("--window must be at least 2");
+    }
+    let mut ev = Evaluator::new(&model, window, args.batch)?;
+    let mut stream = text::TokenStream::open(&tok, &args.text)?;
+    let mut seen = 0usize;
+    while let Some(mut ids) = stream.next_chunk().with_context(|| format!("reading {}", args.text.display()))? {
+        if args.max_tokens > 0 {
+            ids.truncate(args.max_tokens - seen);
+        }
+        seen += ids.len();
+        ev.push(&ids)?;
+        if args.max_tokens > 0 && seen >= args.max_tokens {
+            break;
+        }
+    }
+    let report = ev.finish().with_context(|| format!("evaluating {}", args.text.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("model       {}", args.model.display());
+    println!("text        {}", args.text.display());
+    println!("tokens      {} predicted in {} window(s) of <= {}", report.tokens, report.windows, window.min(model.config.max_position_embeddings));
+    println!("loss        {:.6}", report.loss);
+    println!("perplexity  {:.4}", report.perplexity);
+    for l in &report.expert_load {
+        let f: Vec<String> = l.fractions.iter().map(|x| format!("{:.3}", x)).collect();
+        println!("layer {:>3} expert load  [{}]", l.layer, f.join(" "));
+    }
+    Ok(())
 }
