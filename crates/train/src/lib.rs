@@ -11,12 +11,18 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod flops;
+pub mod init;
 pub mod moe_loss;
 pub mod optim;
 pub mod schedule;
 
+pub use init::init_model;
 pub use config::{TrainConfig, TrainDType, TrainOnly};
 pub use error::{Result, TrainError};
 pub use moe_loss::LossConvention;
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub mod select;
+pub mod trainer;
+
+pub use trainer::{evaluate, train, tune_allocator, EvalRecord, StepRecord, TrainEvent, TrainSummary};
