@@ -12,3 +12,5 @@ pub mod manifest;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod engine;
+pub mod runner;

@@ -77,6 +77,17 @@ pub struct StageRecord {
     pub key: String,
     /// Fingerprint of the final model folder when the stage finished.
     pub model_fingerprint: String,
+    /// Tokenized data and tokenizer (set by the prepare stage; later stages use them).
+    #[serde(default)]
+    pub data: Option<DataPaths>,
+}
+
+/// Where the prepare stage left the tokens (absolute, or relative to the run directory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataPaths {
+    pub train: PathBuf,
+    pub valid: PathBuf,
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl StageRecord {
@@ -219,6 +230,7 @@ mod tests {
             curve: Curve::default(),
             key: "k1".into(),
             model_fingerprint: String::new(),
+            data: None,
         }
     }
 

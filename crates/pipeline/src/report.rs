@@ -401,6 +401,7 @@ pub(crate) mod tests {
             curve: curve(f0, f1, l0, l1),
             key: String::new(),
             model_fingerprint: String::new(),
+            data: None,
         };
         let base = rec("base", StageKind::Prepare, None, 0.0, 1e12, 7.0, 4.0);
         let mut up = rec("up", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.01, 3.0);

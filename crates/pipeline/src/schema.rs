@@ -246,6 +246,7 @@ pub enum UpPreset {
 pub enum UpDepth {
     Interpolate,
     Stack,
+    StackMod,
     Identity,
     InterpolateIdentity,
 }
