@@ -65,7 +65,7 @@ pub struct Args {
     /// Replace an existing output folder (atomically, once the new one is complete).
     #[arg(long)]
     pub force: bool,
-    /// Worker threads for the copy (default: available cores, 2 to 8).
+    /// Worker threads for the copy (default: available cores, at least 4 to keep the disk busy, at most 8).
     #[arg(long)]
     pub threads: Option<usize>,
     /// No progress bar.
@@ -159,10 +159,11 @@ fn print_summary(r: &UpcycleReport) {
     }
     let gb = |b: u64| b as f64 / 1e9;
     println!(
-        "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} GB/s written)",
+        "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} s copying, then fsync; {:.2} GB/s written)",
         gb(r.bytes_read),
         gb(r.bytes_written),
         r.seconds,
+        r.copy_seconds,
         gb(r.bytes_written) / r.seconds.max(1e-9)
     );
     if p.exactness.exact {

@@ -33,7 +33,10 @@ pub struct UpcycleReport {
     pub bytes_written: u64,
     /// Size of the source weights on disk.
     pub bytes_read: u64,
+    /// Wall time of the whole scale-out.
     pub seconds: f64,
+    /// Of which: writing tensor data (before the final fsync and rename).
+    pub copy_seconds: f64,
 }
 
 /// A unit of work: one source tensor and the outputs made from it, or one standalone output.
@@ -74,7 +77,6 @@ pub fn upcycle(
         Some(d) => d,
         None => tensor_dtype(&ckpt, &ckpt.name_of(Param::Embed))?,
     };
-    let mut specs = Vec::with_capacity(plan.tensors.len());
     let mut typed = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         let dtype = match (&t.rule, options.dtype) {
@@ -84,9 +86,16 @@ pub fn upcycle(
             }
             (TensorRule::Router { .. } | TensorRule::Zeros, None) => model_dtype,
         };
-        specs.push(TensorSpec::new(t.name.clone(), dtype, t.shape.clone()));
         typed.push((t, dtype));
     }
+    let jobs = make_jobs(typed);
+    // Tensors are laid out in the order the jobs write them, so each job fills one contiguous
+    // region (all experts made from one dense tensor) and the disk sees long sequential writes.
+    // Safetensors readers look tensors up by name; the order inside a file carries no meaning.
+    let specs: Vec<TensorSpec> = jobs
+        .iter()
+        .flat_map(|j| j.outputs.iter().map(|(t, dtype)| TensorSpec::new(t.name.clone(), *dtype, t.shape.clone())))
+        .collect();
     let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
     let writer = CheckpointWriter::create(out_dir, specs, writer_options)?;
 
@@ -106,8 +115,8 @@ pub fn upcycle(
         total,
         progress,
     };
-    let jobs = make_jobs(&ckpt, typed);
     run_jobs(&run, &jobs, options.threads)?;
+    let copy_seconds = started.elapsed().as_secs_f64();
 
     Manifest::new(&plan, source_dir).write(writer.staging_dir())?;
     let tensors = plan.tensors.len();
@@ -119,6 +128,7 @@ pub fn upcycle(
         bytes_written: total,
         bytes_read: ckpt.file_bytes(),
         seconds: started.elapsed().as_secs_f64(),
+        copy_seconds,
     })
 }
 
@@ -140,18 +150,19 @@ fn check_not_source(source_dir: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Groups outputs by source tensor, in source file order; standalone outputs (routers, zeros) last.
-fn make_jobs<'p>(ckpt: &Checkpoint, typed: Vec<(&'p PlannedTensor, DType)>) -> Vec<Job<'p>> {
+/// Groups outputs by source tensor; standalone outputs (routers, zeros) are jobs of their own.
+/// Jobs keep the plan's (state_dict) order of their first output, which for HF checkpoints is
+/// also close to the source file order, so reads stay near-sequential.
+fn make_jobs<'p>(typed: Vec<(&'p PlannedTensor, DType)>) -> Vec<Job<'p>> {
     let mut by_source: HashMap<String, usize> = HashMap::new();
     let mut jobs: Vec<Job<'p>> = Vec::new();
-    let mut standalone = Vec::new();
     for (t, dtype) in typed {
         let source = match &t.rule {
             TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. } => {
                 source.clone()
             }
             TensorRule::Router { .. } | TensorRule::Zeros => {
-                standalone.push(Job { source: None, outputs: vec![(t, dtype)] });
+                jobs.push(Job { source: None, outputs: vec![(t, dtype)] });
                 continue;
             }
         };
@@ -161,14 +172,13 @@ fn make_jobs<'p>(ckpt: &Checkpoint, typed: Vec<(&'p PlannedTensor, DType)>) -> V
         });
         jobs[i].outputs.push((t, dtype));
     }
-    let position = |j: &Job| j.source.as_deref().and_then(|s| ckpt.info(s)).map(|i| (i.shard, i.start));
-    jobs.sort_by_key(|j| position(j));
-    jobs.extend(standalone);
     jobs
 }
 
+/// The copy is I/O-bound: a few more workers than cores keep several reads and writes in flight;
+/// each holds at most one source tensor (plus one transformed output), so memory stays small.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 8)
 }
 
 /// Runs jobs in order on `threads` workers; the first error stops the others.
