@@ -1,0 +1,103 @@
+//! Logits, losses and router logits agree with Python transformers (the oracle) on random tiny
+//! checkpoints of every family it makes, including biases, tied heads, rope scaling, sharded and
+//! bf16 checkpoints.
+//!
+//! Tolerance: max |delta logit| <= 1e-4 x max |logit|, for f32 and bf16 checkpoints alike: the
+//! oracle loads bf16 weights upcast to f32 and computes in f32, as this engine does (the upcast is
+//! exact), so storage precision does not enter the comparison.
+
+use candle_core::{DType, Device, Tensor};
+use escale_model::{next_token_loss, Model};
+use escale_testkit::{require_oracle, Dtype, Family, TinySpec};
+
+fn seqs(vocab: u32) -> Vec<Vec<u32>> {
+    let a: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % vocab).collect();
+    let b: Vec<u32> = (0..6).map(|i| (i * 53 + 17) % vocab).collect();
+    vec![a, b]
+}
+
+fn check(label: &str, spec: TinySpec) {
+    let oracle = require_oracle!();
+    let dir = oracle.make_tiny(&spec);
+    let model = Model::load_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    let ids = seqs(model.config.vocab_size as u32);
+    let want = oracle.logits_with_router(&dir, &ids);
+    for (s, w) in ids.iter().zip(&want.seqs) {
+        let t = Tensor::new(s.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let out = model.forward(&t).unwrap();
+        let got: Vec<f32> = out.logits.flatten_all().unwrap().to_vec1().unwrap();
+        let d = escale_testkit::max_abs_diff(&got, &w.logits);
+        let scale = escale_testkit::max_abs(&w.logits);
+        eprintln!("{label} len {}: max |delta| {d:.2e}, max |logit| {scale:.2}", s.len());
+        assert!(scale > 0.1, "{label}: degenerate logits");
+        assert!(d <= 1e-4 * scale, "{label}: max |delta logit| {d} > 1e-4 x {scale}");
+        let loss = next_token_loss(&out.logits, &t).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let wl = w.loss.unwrap();
+        assert!((loss - wl).abs() <= 1e-5 * wl.abs().max(1.0), "{label}: loss {loss} vs {wl}");
+        assert_eq!(out.router_logits.len(), w.router_logits.len(), "{label}: MoE layer count");
+        for (l, (r, wr)) in out.router_logits.iter().zip(&w.router_logits).enumerate() {
+            assert_eq!(r.dims(), wr.shape.as_slice(), "{label}: router {l} shape");
+            let r: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+            let d = escale_testkit::max_abs_diff(&r, &wr.data);
+            assert!(d <= 1e-4 * escale_testkit::max_abs(&wr.data).max(1e-3), "{label}: router {l}: {d}");
+        }
+        for c in &out.expert_counts {
+            assert_eq!(c.iter().sum::<u64>() as usize, s.len() * spec.top_k, "{label}: expert counts");
+        }
+    }
+}
+
+#[test]
+fn llama_with_all_biases_tied_and_sharded() {
+    check(
+        "llama",
+        TinySpec {
+            attention_bias: Some(true),
+            mlp_bias: true,
+            tied: true,
+            max_shard_size: Some("20KB".into()),
+            ..TinySpec::new(Family::Llama)
+        },
+    );
+}
+
+#[test]
+fn llama_rope_scaling_linear_and_llama3_and_head_dim() {
+    check(
+        "llama linear",
+        TinySpec {
+            rope_scaling: Some(serde_json::json!({"rope_type": "linear", "factor": 3.0})),
+            head_dim: Some(16),
+            ..TinySpec::new(Family::Llama)
+        },
+    );
+    // head_dim 8, theta 5e5: wavelengths 6.3, 167, 4443, 1.2e5 against band edges 128 and 512, so
+    // one frequency is kept, one smoothed and two divided by the factor.
+    check(
+        "llama llama3",
+        TinySpec {
+            rope_theta: 500000.0,
+            rope_scaling: Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 512})),
+            ..TinySpec::new(Family::Llama)
+        },
+    );
+}
+
+#[test]
+fn mistral_and_qwen2() {
+    check("mistral", TinySpec::new(Family::Mistral));
+    check("qwen2", TinySpec { tied: true, ..TinySpec::new(Family::Qwen2) });
+}
+
+#[test]
+fn mixtral_bf16_checkpoint() {
+    check("mixtral", TinySpec::new(Family::Mixtral));
+    check("mixtral bf16", TinySpec { dtype: Dtype::Bf16, seed: 3, ..TinySpec::new(Family::Mixtral) });
+}
+
+#[test]
+fn qwen2_moe_with_and_without_norm_topk_prob() {
+    check("qwen2_moe", TinySpec { norm_topk_prob: false, ..TinySpec::new(Family::Qwen2Moe) });
+    check("qwen2_moe norm", TinySpec { norm_topk_prob: true, kv_heads: 1, ..TinySpec::new(Family::Qwen2Moe) });
+}
