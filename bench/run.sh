@@ -375,7 +375,27 @@ case_train() {
   # trainer. Contract: `bash bench/train/run.sh --out DIR --runs N --ref-runs N --escale BIN [--smoke]` writes
   # DIR/results.json (see bench/README.md).
   local entry="$ROOT/bench/train/run.sh" dir="$WORK/train"
-  if [ ! -f "$entry" ]; then skip train escale "bench/train/run.sh has not landed"; return; fi
+  if [ ! -f "$entry" ]; then
+    skip train escale "bench/train/run.sh (escale side of the training benchmark) has not landed"
+    # The PyTorch reference alone, so its number is at least on record.
+    local ref="$ROOT/bench/train/torch_reference.py" r
+    if [ "$SMOKE" = 0 ] && [ -f "$ref" ] && [ -x "$ORACLE_PY" ]; then
+      for r in $(seq 1 "$REF_RUNS"); do
+        measure train pytorch_reference "$r" "" -- "$ORACLE_PY" "$ref"
+      done
+      "$PY" - "$LOGS" "$OUT/train-results.json" <<'EOF'
+import glob, json, sys
+tps = []
+for f in sorted(glob.glob(sys.argv[1] + "/train.pytorch_reference.*.log")):
+    for line in open(f):
+        if line.startswith("{") and "tokens_per_s" in line:
+            tps.append(json.loads(line)["tokens_per_s"])
+if tps:
+    json.dump({"pytorch": {"tokens_per_s": tps}}, open(sys.argv[2], "w"))
+EOF
+    fi
+    return
+  fi
   mkdir -p "$dir"
   local args=(--out "$dir" --runs "$RUNS" --ref-runs "$REF_RUNS" --escale "$ESCALE")
   [ "$SMOKE" = 1 ] && args+=(--smoke)
