@@ -341,17 +341,20 @@ case_disk() {
 
 case_data() {
   if [ ! -f "$QWEN3" ]; then skip data escale "Qwen3 tokenizer not found at $QWEN3"; return; fi
-  local text="$WORK/text.jsonl" srcs=() r
-  if [ "$SMOKE" = 0 ] && "$ESCALE" make-corpus --size "$((TEXT_BYTES / 1000000))MB" --seed 1 --output "$WORK/corpus" > "$LOGS/make-corpus.log" 2>&1; then
-    srcs=("$WORK/corpus")
-  elif [ -d "$SHARED/testdata/corpus" ]; then
-    srcs=("$SHARED/testdata/corpus")
+  local text="$WORK/text.jsonl" src="" r
+  # Text: escale's built-in corpus at the benchmark size when make-corpus exists, else the shared corpus cycled.
+  if [ "$SMOKE" = 0 ] && landed make-corpus \
+      && "$ESCALE" make-corpus --size "$((TEXT_BYTES / 1000000))MB" --seed 1 --output "$WORK/corpus" > "$LOGS/make-corpus.log" 2>&1 \
+      && "$PY" "$TOOLS/make_text.py" "$WORK/corpus" --output "$text" --size "$TEXT_BYTES" > "$LOGS/make-text.log" 2>&1; then
+    src="escale make-corpus --size $((TEXT_BYTES / 1000000))MB --seed 1"
+  elif [ -d "$SHARED/testdata/corpus" ] \
+      && "$PY" "$TOOLS/make_text.py" "$SHARED/testdata/corpus" --output "$text" --size "$TEXT_BYTES" > "$LOGS/make-text.log" 2>&1; then
+    src="shared corpus (tinyshakespeare + hongloumeng ch. 1-40, 1.8 MB) cycled"
   else
     skip data escale "no text: escale make-corpus unavailable and $SHARED/testdata/corpus missing"; return
   fi
-  "$PY" "$TOOLS/make_text.py" "${srcs[@]}" --output "$text" --size "$TEXT_BYTES" > "$LOGS/make-text.log" 2>&1 \
-    || { skip data escale "could not build the text: $(tail -n1 "$LOGS/make-text.log")"; return; }
-  echo "${srcs[*]}" > "$LOGS/data-sources.txt"
+  rm -rf "$WORK/corpus"
+  echo "$src; $(tail -n 1 "$LOGS/make-text.log")" > "$LOGS/data-sources.txt"
   landed prepare-data || { skip data escale "escale prepare-data has not landed in this checkout (stub)"; }
   local have_ref=0
   if [ "$SMOKE" = 0 ] && [ -x "$ORACLE_PY" ] && "$ORACLE_PY" -c "import tokenizers" 2>/dev/null; then have_ref=1; fi

@@ -285,8 +285,6 @@ def main():
     result = {"command": a.command, "smoke": bool(a.smoke), "runs": a.runs, "reference_runs": a.ref_runs,
               "duration_s": a.duration, "machine": machine, "source_model": a.model_note,
               "mergekit": a.mergekit_note or "installed", "cases": cases}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2, allow_nan=False, default=lambda x: None)
     md = [f"Command: `{a.command}` ({a.runs} runs per escale/floor row, {a.ref_runs} per reference row); "
           f"took {a.duration / 60:.1f} min.", "",
           f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, disk {machine['disk']}; "
@@ -297,6 +295,12 @@ def main():
         md += [a.model_note[0].upper() + a.model_note[1:] + ".", ""]
     for case, c in cases.items():
         md += table(case, c) + [""]
+        if case == "data" and a.logs and os.path.exists(os.path.join(a.logs, "data-sources.txt")):
+            with open(os.path.join(a.logs, "data-sources.txt")) as f:
+                c["text"] = f.read().strip()
+            md += [f"Text: {c['text']}.", ""]
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2, allow_nan=False, default=lambda x: None)
     with open(os.path.join(a.out, "tables.md"), "w") as f:
         f.write("\n".join(md))
 
