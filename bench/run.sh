@@ -21,6 +21,7 @@ WITH_MERGEKIT=0
 KEEP=0
 DROP_CACHES=0
 TIMEOUT_S=1800
+TEXT_MB=100
 ALL_CASES="disk scale_out scale_up depth_up train data"
 ARGV="$*"
 
@@ -34,6 +35,7 @@ Options:
   --out DIR         output folder (default bench/out)
   --escale BIN      use this escale binary instead of building target/release/escale
   --drop-caches     evict with `echo 1 > /proc/sys/vm/drop_caches` (whole machine) instead of per file
+  --text-mb N       MB of text for the data case (default 100)
   --keep            keep the large files in DIR/work
 EOF
 }
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --escale) ESCALE="$2"; shift 2 ;;
     --drop-caches) DROP_CACHES=1; shift ;;
+    --text-mb) TEXT_MB="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -201,7 +204,7 @@ else
   UP_ARGS=(--hidden 2560 --intermediate 7040 --heads 40 --layers 28 --method aki-pro)
   DEPTH_ARGS=(--layers 34)
   DEPTH_SLICES="0 17 5 22"  # SOLAR-style: layers [0,17) + [5,22) = 34
-  TEXT_BYTES=100000000
+  TEXT_BYTES=$((TEXT_MB * 1000000))
 fi
 SRC="$WORK/src"
 MODEL_NOTE=""

@@ -207,7 +207,7 @@ def table(case, c):
                 rel = f"{c['ratio_to_python']:.2f}x"
             elif case != "data" and case != "disk" and esc and name != "escale" and not name.startswith("floor"):
                 rel = f"{s['wall_s']['median'] / esc:.2f}x slower" if s['wall_s']['median'] >= esc else f"{esc / s['wall_s']['median']:.2f}x faster"
-            mbs = f"{s['mb_per_s']:.0f}" if s.get("mb_per_s") else "-"
+            mbs = (f"{s['mb_per_s']:.0f}" if s['mb_per_s'] >= 10 else f"{s['mb_per_s']:.2f}") if s.get("mb_per_s") else "-"
             size = fmt_gb(s["bytes"]) if s.get("bytes") else "-"
             lines.append(f"| {label} | {s['ok_runs']} | {fmt_s(s)} | {fmt_rss(s) if not name.startswith('floor') else '-'} | {size} | {mbs} | {rel} |")
         if c.get("floor_s") is not None:
