@@ -74,6 +74,7 @@ rm -f "$OUT/train-results.json" "$OUT/results.json" "$OUT/tables.md"
 cleanup() { [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 T_START=$EPOCHREALTIME
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 has_case() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 PY=$(command -v python3 || command -v python) || { echo "bench: python3 is required" >&2; exit 1; }
@@ -173,10 +174,11 @@ machine_json() {
   cpu=$(lscpu 2>/dev/null | awk -F': *' '/^Model name/{print $2; exit}')
   mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
   disk=$(df -h "$OUT" | awk 'NR==2{print $1" ("$2", "$5" used)"}')
-  "$PY" - "$cpu" "$mem" "$disk" "$(nproc)" "$(uname -r)" "$RSS_METHOD" <<'EOF'
+  "$PY" - "$cpu" "$mem" "$disk" "$(nproc)" "$(uname -r)" "$RSS_METHOD" "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF'
 import json, sys
 print(json.dumps({"cpu": sys.argv[1], "memory": sys.argv[2], "disk": sys.argv[3], "nproc": int(sys.argv[4]),
-                  "kernel": sys.argv[5], "rss_method": sys.argv[6]}))
+                  "kernel": sys.argv[5], "rss_method": sys.argv[6], "loadavg_start": sys.argv[7],
+                  "loadavg_end": sys.argv[8]}))
 EOF
 }
 

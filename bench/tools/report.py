@@ -288,7 +288,9 @@ def main():
     md = [f"Command: `{a.command}` ({a.runs} runs per escale/floor row, {a.ref_runs} per reference row); "
           f"took {a.duration / 60:.1f} min.", "",
           f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, disk {machine['disk']}; "
-          f"kernel {machine['kernel']}; peak RSS via {machine['rss_method']}.", ""]
+          f"kernel {machine['kernel']}; peak RSS via {machine['rss_method']}. "
+          f"Load average (1/5/15 min) {machine.get('loadavg_start', '?')} at the start, {machine.get('loadavg_end', '?')} at the end "
+          f"(the machine is shared with other engineers' builds and tests).", ""]
     if a.smoke:
         md += ["**Smoke mode**: tiny shapes, one run; the numbers and verdicts below say nothing about performance.", ""]
     if a.model_note:
