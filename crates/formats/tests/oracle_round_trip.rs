@@ -7,25 +7,30 @@ use std::path::Path;
 use escale_formats::{rewrite_checkpoint, Checkpoint, WriterOptions};
 use escale_testkit::{require_oracle, Dtype, Family, TinySpec};
 
+/// One checkpoint per family, alternating the features (each python call costs seconds, so the
+/// combinations are spread over families rather than multiplied): f32 + tied + sharded by
+/// transformers + rope scaling + an unknown nested field, or bf16 + untied + single file; llama
+/// gets both, the second with q/k/v/o and MLP biases.
 fn specs() -> Vec<TinySpec> {
     let mut out = Vec::new();
-    for family in Family::ALL {
-        // f32, tied, sharded by transformers; with an unknown field and rope scaling to keep.
-        let mut a = TinySpec::new(family);
-        a.tied = true;
-        a.max_shard_size = Some("20KB".into());
-        a.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 2.0}));
-        a.extra_config = Some(serde_json::json!({"escale_test_marker": {"nested": [1, 2, 3]}}));
-        // bf16, untied, single file; llama with q/k/v/o bias.
-        let mut b = TinySpec::new(family);
-        b.dtype = Dtype::Bf16;
-        b.seed = 1;
-        if family == Family::Llama {
-            b.attention_bias = Some(true);
-            b.mlp_bias = true;
+    for (i, family) in Family::ALL.into_iter().enumerate() {
+        let mut s = TinySpec::new(family);
+        s.seed = i as u64;
+        if i % 2 == 0 {
+            s.tied = true;
+            s.max_shard_size = Some("20KB".into());
+            s.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 2.0}));
+            s.extra_config = Some(serde_json::json!({"escale_test_marker": {"nested": [1, 2, 3]}}));
+        } else {
+            s.dtype = Dtype::Bf16;
         }
-        out.extend([a, b]);
+        out.push(s);
     }
+    let mut biased = TinySpec::new(Family::Llama);
+    biased.dtype = Dtype::Bf16;
+    biased.attention_bias = Some(true);
+    biased.mlp_bias = true;
+    out.push(biased);
     out
 }
 
@@ -61,9 +66,13 @@ fn transformers_checkpoints_round_trip_bit_identically() {
                 assert!(back.shard_paths().count() > 1, "{:?} was not re-sharded", spec.family);
             }
             assert_eq!(config_json(&out), config_json(&src), "{:?} {tag}: config changed", spec.family);
-            let logits = oracle.logits(&out, &ids);
-            for (r, l) in reference.seqs.iter().zip(&logits.seqs) {
-                assert!(r.logits == l.logits, "{:?} {tag}: transformers logits changed", spec.family);
+            // Bit-identical tensors and configs already imply equal logits; ask transformers once
+            // per checkpoint (on the re-sharded copy, the harder case) to be sure it loads it.
+            if tag == "resharded" {
+                let logits = oracle.logits(&out, &ids);
+                for (r, l) in reference.seqs.iter().zip(&logits.seqs) {
+                    assert!(r.logits == l.logits, "{:?} {tag}: transformers logits changed", spec.family);
+                }
             }
         }
     }
