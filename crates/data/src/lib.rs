@@ -2,6 +2,8 @@
 //!
 //! TODO(docs): expanded below once all modules land.
 
+pub mod bpe;
+pub mod corpus;
 pub mod error;
 pub mod indexed;
 pub mod prepare;
@@ -14,3 +16,5 @@ pub use indexed::{DType, IndexedDataset, IndexedDatasetWriter, Tokens, WrittenDa
 pub use prepare::{prepare_data, prepare_data_with, InputFormat, OnError, PrepareOptions, PrepareSummary, TextDocs};
 pub use sampler::{PackedSampler, SamplerConfig, SamplerState};
 pub use tokenizer::{SpecialToken, TextTokenizer};
+pub use corpus::{make_corpus, CorpusOptions, CorpusSummary};
+pub use bpe::{save_tokenizer, train_bpe, train_bpe_from_texts, BpeOptions};

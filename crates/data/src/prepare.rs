@@ -3,18 +3,21 @@
 //! # Inputs
 //!
 //! Each input is a file, a folder (searched recursively, sorted, hidden entries skipped; only files
-//! ending in `.txt`, `.text`, `.md`, `.jsonl`, `.ndjson` or `.json` are taken) or a glob pattern
-//! (`data/*.jsonl`, sorted). Files are read in the order given, so the output is reproducible.
+//! ending in `.txt`, `.text`, `.md`, `.jsonl` or `.ndjson` are taken: not `.json`, which in a folder
+//! is more often a config than JSONL) or a glob pattern (`data/*.json`, sorted). Files are read in the order given, so the output is reproducible.
 //!
 //! With `--format auto` (the default) files ending in `.jsonl`, `.ndjson` or `.json` are JSONL and
 //! everything else is plain text.
 //!
 //! * **JSONL**: one document per non-blank line, the string field `json_key` (default `text`), as
 //!   Megatron's `tools/preprocess_data.py --json-keys text`.
-//! * **Plain text**, cut into documents by [`TextDocs`]: `file` (default: the whole file is one
-//!   document, as if it were one JSONL record), `paragraph` (blocks separated by blank lines; the
-//!   line break ending the block is dropped; this is the layout of the built-in corpus) or `line`
-//!   (every non-empty line; line breaks dropped).
+//! * **Plain text**, cut into documents by [`TextDocs`]: `paragraph` (default: blocks of lines
+//!   separated by blank or whitespace-only lines; the line break ending a block is dropped; the
+//!   layout of the built-in corpus), `file` (the whole file is one document, byte for byte, as if it
+//!   were one JSONL record: for a folder of articles) or `line` (every non-empty line, line break
+//!   dropped). Paragraphs are the default because Megatron has no plain-text reader to imitate, and
+//!   with whole files as documents a book or a corpus file would be a single document: `--split`
+//!   could not hold anything out and a single document cannot be encoded in parallel.
 //!
 //! Empty documents are skipped. Every document is followed by the EOS id (Megatron's
 //! `--append-eod`), unless `append_eos` is off. Ids are those of the tokenizer on the document's
@@ -76,9 +79,9 @@ pub enum InputFormat {
 #[serde(rename_all = "lowercase")]
 pub enum TextDocs {
     /// One document per file.
-    #[default]
     File,
     /// One document per block of lines separated by blank (whitespace-only) lines.
+    #[default]
     Paragraph,
     /// One document per non-empty line.
     Line,
@@ -127,7 +130,7 @@ impl Default for PrepareOptions {
             inputs: Vec::new(),
             output: PathBuf::new(),
             format: InputFormat::Auto,
-            text_docs: TextDocs::File,
+            text_docs: TextDocs::Paragraph,
             json_key: "text".into(),
             append_eos: true,
             add_special_tokens: false,
@@ -233,7 +236,7 @@ pub fn is_validation_document(doc: u64, train: f64, seed: u64) -> bool {
     (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64) >= train
 }
 
-const TEXT_EXTENSIONS: &[&str] = &["txt", "text", "md", "jsonl", "ndjson", "json"];
+const TEXT_EXTENSIONS: &[&str] = &["txt", "text", "md", "jsonl", "ndjson"];
 const JSONL_EXTENSIONS: &[&str] = &["jsonl", "ndjson", "json"];
 /// Documents longer than this are encoded in pieces when that is exact.
 pub const PIECE_BYTES: usize = 64 << 10;
@@ -253,11 +256,13 @@ pub fn resolve_inputs(inputs: &[String], on_error: OnError, errors: &mut Vec<Str
             let before = files.len();
             walk_dir(path, &mut files, 0)?;
             if files.len() == before {
-                let msg = format!("{input}: folder holds no .txt/.md/.jsonl/.json file");
+                let msg = format!("{input}: folder holds no .txt/.text/.md/.jsonl/.ndjson file");
                 handle_resolve_error(msg, on_error, errors)?;
             }
         } else if input.contains(['*', '?', '[']) {
-            let paths = glob::glob(input).map_err(|e| DataError::Invalid(format!("bad glob pattern `{input}`: {e}")))?;
+            // Shell-like: `*` does not match a leading dot.
+            let glob_options = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
+            let paths = glob::glob_with(input, glob_options).map_err(|e| DataError::Invalid(format!("bad glob pattern `{input}`: {e}")))?;
             let mut matched: Vec<PathBuf> = Vec::new();
             for p in paths {
                 let p = p.map_err(|e| DataError::io(e.path().to_path_buf(), std::io::Error::other(e.to_string())))?;
