@@ -216,6 +216,7 @@ def cmd_make_tiny(a):
                     raise OracleError(f"--with-tokenizer: {p} not found (set --tokenizer-from)")
                 shutil.copyfile(p, os.path.join(tmp, f))
         n_params = sum(p.numel() for p in model.parameters())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is ordinary data
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
