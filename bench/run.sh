@@ -379,39 +379,56 @@ case_data() {
 }
 
 case_train() {
-  # The training measurement (escale trainer and the PyTorch eager reference) lives in bench/train/, owned by the
-  # trainer. Contract: `bash bench/train/run.sh --out DIR --runs N --ref-runs N --escale BIN [--smoke]` writes
-  # DIR/results.json (see bench/README.md).
-  local entry="$ROOT/bench/train/run.sh" dir="$WORK/train"
-  if [ ! -f "$entry" ]; then
+  # The training measurement lives in bench/train/ (owned by the trainer): bench/train/run.sh builds its
+  # bench_train example, runs escale's training loop and the PyTorch eager reference (torch_reference.py) one
+  # after the other, and prints a JSON line {escale_tokens_per_s, pytorch_tokens_per_s, ratio, escale_mfu,
+  # pytorch_mfu}. Each invocation measures both sides; it runs --ref-runs times (PyTorch is slow here).
+  local entry="$ROOT/bench/train/run.sh" ref="$ROOT/bench/train/torch_reference.py" r
+  if [ "$SMOKE" = 1 ]; then skip train escale "needs PyTorch and a release build; not run in smoke mode"; return; fi
+  if [ ! -x "$ORACLE_PY" ] || ! "$ORACLE_PY" -c "import torch" 2>/dev/null; then
+    skip train escale "PyTorch (oracle venv) unavailable: run tests/oracle/setup.sh"; return
+  fi
+  # MFU is against the f32 matmul peak measured now, in the same run (PyTorch, 2048^3, best of 5).
+  local peak
+  peak=$("$ORACLE_PY" -c "
+import time, torch
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+a @ b
+best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+print(round(2 * 2048 ** 3 / best / 1e9, 1))" 2>/dev/null)
+  echo "$peak" > "$LOGS/train-peak-gflops.txt"
+  if [ -f "$entry" ]; then
+    for r in $(seq 1 "$REF_RUNS"); do
+      measure train harness "$r" "" -- env PEAK_GFLOPS="${peak:-160}" bash "$entry"
+    done
+  else
     skip train escale "bench/train/run.sh (escale side of the training benchmark) has not landed"
-    # The PyTorch reference alone, so its number is at least on record.
-    local ref="$ROOT/bench/train/torch_reference.py" r
-    if [ "$SMOKE" = 0 ] && [ -f "$ref" ] && [ -x "$ORACLE_PY" ]; then
-      for r in $(seq 1 "$REF_RUNS"); do
-        measure train pytorch_reference "$r" "" -- "$ORACLE_PY" "$ref"
-      done
-      "$PY" - "$LOGS" "$OUT/train-results.json" <<'EOF'
+    [ -f "$ref" ] && for r in $(seq 1 "$REF_RUNS"); do measure train pytorch_reference "$r" "" -- "$ORACLE_PY" "$ref"; done
+  fi
+  "$PY" - "$LOGS" "$OUT/train-results.json" "${peak:-160}" <<'EOF'
 import glob, json, sys
-tps = []
-for f in sorted(glob.glob(sys.argv[1] + "/train.pytorch_reference.*.log")):
+logs, out, peak = sys.argv[1], sys.argv[2], float(sys.argv[3])
+res = {"escale": {"tokens_per_s": [], "mfu": []}, "pytorch": {"tokens_per_s": [], "mfu": []}, "peak_gflops": peak}
+for f in sorted(glob.glob(logs + "/train.harness.*.log")):
+    for line in open(f):
+        if line.startswith("{") and "escale_tokens_per_s" in line:
+            d = json.loads(line)
+            res["escale"]["tokens_per_s"].append(d["escale_tokens_per_s"])
+            res["escale"]["mfu"].append(d["escale_mfu"])
+            res["pytorch"]["tokens_per_s"].append(d["pytorch_tokens_per_s"])
+            res["pytorch"]["mfu"].append(d["pytorch_mfu"])
+for f in sorted(glob.glob(logs + "/train.pytorch_reference.*.log")):
     for line in open(f):
         if line.startswith("{") and "tokens_per_s" in line:
-            tps.append(json.loads(line)["tokens_per_s"])
-if tps:
-    json.dump({"pytorch": {"tokens_per_s": tps}}, open(sys.argv[2], "w"))
+            res["pytorch"]["tokens_per_s"].append(json.loads(line)["tokens_per_s"])
+for side in ("escale", "pytorch"):
+    if not res[side]["mfu"]:
+        del res[side]["mfu"]
+    if not res[side]["tokens_per_s"]:
+        del res[side]
+if "escale" in res or "pytorch" in res:
+    json.dump(res, open(out, "w"))
 EOF
-    fi
-    return
-  fi
-  mkdir -p "$dir"
-  local args=(--out "$dir" --runs "$RUNS" --ref-runs "$REF_RUNS" --escale "$ESCALE")
-  [ "$SMOKE" = 1 ] && args+=(--smoke)
-  if measure train harness 1 "" -- bash "$entry" "${args[@]}" && [ -f "$dir/results.json" ]; then
-    cp "$dir/results.json" "$OUT/train-results.json"
-  else
-    skip train escale "bench/train/run.sh failed or wrote no results.json (see logs/train.harness.1.log)"
-  fi
 }
 
 log "cases: $CASES (runs $RUNS, reference runs $REF_RUNS, smoke $SMOKE); peak RSS via $RSS_METHOD"
