@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod error;
 pub mod evaluate;
+pub mod fused;
 pub mod generate;
 pub mod model;
 pub mod ops;
@@ -14,3 +15,18 @@ pub mod text;
 pub use error::{ModelError, Result};
 pub use model::{ForwardOutput, KvCache, Model};
 pub use ops::{cross_entropy, next_token_loss, token_nll};
+
+/// Raises glibc's mmap / trim thresholds so the large tensors a training step frees are reused
+/// instead of returned to the OS and page-faulted in again on the next step (measured in
+/// docs/cpu-training-notes.md and by `examples/step_timing.rs --malloc`). Call once at start-up,
+/// before allocating tensors. A no-op on non-glibc targets.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called with valid constants.
+    unsafe {
+        // 1 GiB: buffers below this come from the heap, so freed ones are reused.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}

@@ -1,4 +1,5 @@
-//! Composite training ops built only from candle-core primitives that record a backward pass.
+//! Training ops built only from candle-core primitives that record a backward pass, plus two
+//! fused kernels with their own backward ([`crate::fused`]).
 //!
 //! candle-nn 0.11's fused `softmax_last_dim`, `rms_norm` and rotary ops compute the forward but
 //! record no backward: gradients silently stop there (see docs/cpu-training-notes.md). Everything
@@ -17,10 +18,41 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
 
+static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Selects the fused kernels (default) or the composite ops for softmax / log-softmax, process-wide.
+/// Both are differentiable; the switch exists to measure the difference (`examples/step_timing`).
+pub fn set_fused_kernels(on: bool) {
+    FUSED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn fused() -> bool {
+    FUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Softmax over the last dim: the fused one-pass kernel with an explicit backward
+/// ([`crate::fused`]); [`softmax_last_dim_composite`] is the reference it is tested against.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused() {
+        crate::fused::softmax_last_dim(x)
+    } else {
+        softmax_last_dim_composite(x)
+    }
+}
+
+/// log-softmax over the last dim (fused kernel; see [`log_softmax_last_dim_composite`]).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused() {
+        crate::fused::log_softmax_last_dim(x)
+    } else {
+        log_softmax_last_dim_composite(x)
+    }
+}
+
 /// Numerically stable softmax over the last dim. The row max is detached: shifting the logits by a
 /// constant leaves softmax unchanged, so its gradient contribution is exactly zero and need not be
 /// recorded.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim_composite(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&m)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
@@ -28,7 +60,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// log-softmax over the last dim (stable, with a detached max for the same reason as above).
-pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn log_softmax_last_dim_composite(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let z = x.broadcast_sub(&m)?;
     let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
