@@ -91,3 +91,34 @@ fn scale_out_bad_input_fails_cleanly() {
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "{flags:?} left files behind");
     }
 }
+
+/// `escale verify` (the model engine) agrees that upcycling is exact, and catches a noisy one.
+#[test]
+fn verify_confirms_upcycled_stories260k_is_exact() {
+    let Some(src) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src_s = src.to_str().unwrap();
+    for (name, flags) in [
+        ("plain", &["--experts", "8", "--top-k", "2", "--router-std", "1.0"][..]),
+        ("granular", &["--experts", "8", "--top-k", "4", "--granularity", "2"][..]),
+        ("shared", &["--format", "qwen2_moe", "--experts", "4", "--granularity", "2", "--shared-experts", "2"][..]),
+    ] {
+        let out = tmp.path().join(name);
+        let mut args = vec!["scale-out", src_s, out.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(flags);
+        let o = escale(&args);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let v = escale(&["verify", src_s, out.to_str().unwrap(), "--random", "96", "--expect", "exact", "--tol", "1e-4"]);
+        assert!(
+            v.status.success(),
+            "{name}: verify failed\n{}\n{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let noisy = tmp.path().join("noisy");
+    let o = escale(&["scale-out", src_s, noisy.to_str().unwrap(), "--noise", "0.02", "--quiet"]);
+    assert!(o.status.success());
+    let v = escale(&["verify", src_s, noisy.to_str().unwrap(), "--random", "96", "--expect", "exact", "--tol", "1e-4"]);
+    assert!(!v.status.success(), "noise must break exactness: {}", String::from_utf8_lossy(&v.stdout));
+}

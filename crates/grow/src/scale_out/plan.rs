@@ -299,6 +299,15 @@ impl ScaleOutPlan {
             self.warnings.push(format!("WARNING: {msg}"));
             broken.push(msg.to_string());
         }
+        if self.expert_ffn % 8 != 0 {
+            // Found by the oracle tests: transformers 5 runs experts through torch's grouped_mm,
+            // which rejects row strides that are not a multiple of 16 bytes.
+            self.warnings.push(format!(
+                "note: expert FFN size {} is not a multiple of 8; transformers 5's grouped-matmul experts kernel \
+                 needs 16-byte strides and may refuse this model (escale's own engine does not mind)",
+                self.expert_ffn
+            ));
+        }
         let scale = self.routed_down_scale;
         if scale != 1.0 && scale.log2().fract() != 0.0 {
             notes.push(format!("routed down_proj scaled by {scale} (one rounding per weight)"));
