@@ -1,7 +1,59 @@
-// TEMPORARY: being implemented; replaced before landing.
-#[derive(clap::Args)]
-pub struct Args {}
+//! `escale make-corpus`: the built-in synthetic bilingual corpus (see `escale_data::corpus`).
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`make_corpus` is not implemented yet")
+use std::path::PathBuf;
+
+use anyhow::Context;
+use escale_data::corpus::{make_corpus, parse_size, CorpusOptions};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Writes DIR/corpus.txt (documents separated by blank lines, as `prepare-data` \
+    reads them by default) and DIR/corpus.info (JSON summary). The same --size and --seed give \
+    byte-identical files on every machine.")]
+pub struct Args {
+    /// Size of corpus.txt: bytes, or with a unit (KB, MB, GB = powers of 1000; KiB, MiB, GiB).
+    #[arg(long, default_value = "20MB")]
+    pub size: String,
+    /// Seed of the world (people, cities, facts) and of the documents.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// People in the world (default: one per 10 kB of corpus, 100 to 20,000). More people, more
+    /// facts to memorise.
+    #[arg(long)]
+    pub people: Option<usize>,
+    /// Fraction of single-language documents in Chinese (the rest English; about 8% of
+    /// documents are parallel English/Chinese sentences whatever this is).
+    #[arg(long, default_value_t = 0.5)]
+    pub zh_fraction: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let size_bytes = parse_size(&args.size).with_context(|| format!("--size {}: expected e.g. 20MB", args.size))?;
+    let options = CorpusOptions { size_bytes, seed: args.seed, people: args.people, zh_fraction: args.zh_fraction };
+    let s = make_corpus(&args.output, &options).with_context(|| format!("writing the corpus to {}", args.output.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "wrote {} ({} bytes): {} documents ({} English, {} Chinese, {} bilingual) about a world of {} people, \
+             {} cities and {} countries ({} facts), seed {}",
+            s.files[0].display(),
+            s.bytes,
+            s.documents,
+            s.english_documents,
+            s.chinese_documents,
+            s.bilingual_documents,
+            s.people,
+            s.cities,
+            s.countries,
+            s.facts,
+            args.seed
+        );
+    }
+    Ok(())
 }

@@ -147,10 +147,9 @@ impl<'w> Renderer<'w> {
     }
 
     fn full(&self, id: usize, l: L) -> String {
-        let p = self.p(id);
         match l {
-            L::En => format!("{} {}", p.given.en(), p.family.en()),
-            L::Zh => format!("{}·{}", p.given.zh(), p.family.zh()),
+            L::En => self.w.person_en(id),
+            L::Zh => self.w.person_zh(id),
         }
     }
 
@@ -163,10 +162,9 @@ impl<'w> Renderer<'w> {
     }
 
     fn city(&self, c: usize, l: L) -> String {
-        let city = &self.w.cities[c];
         match l {
-            L::En => city.name.en() + CITY_SUFFIXES[city.suffix].0,
-            L::Zh => city.name.zh() + CITY_SUFFIXES[city.suffix].1,
+            L::En => self.w.city_en(c),
+            L::Zh => self.w.city_zh(c),
         }
     }
 

@@ -263,6 +263,30 @@ impl World {
         sample_cdf(&self.city_cdf, rng)
     }
 
+    /// "Belan Kotor".
+    pub fn person_en(&self, id: usize) -> String {
+        let p = &self.people[id];
+        format!("{} {}", p.given.en(), p.family.en())
+    }
+
+    /// "贝兰·科陶".
+    pub fn person_zh(&self, id: usize) -> String {
+        let p = &self.people[id];
+        format!("{}·{}", p.given.zh(), p.family.zh())
+    }
+
+    /// "Belaport".
+    pub fn city_en(&self, c: usize) -> String {
+        let city = &self.cities[c];
+        city.name.en() + CITY_SUFFIXES[city.suffix].0
+    }
+
+    /// "贝拉港".
+    pub fn city_zh(&self, c: usize) -> String {
+        let city = &self.cities[c];
+        city.name.zh() + CITY_SUFFIXES[city.suffix].1
+    }
+
     /// Number of distinct facts in the world (attributes and relations), a measure of how much
     /// there is to memorise.
     pub fn fact_count(&self) -> usize {
