@@ -220,13 +220,16 @@ pub fn trainer_defaults() -> escale_train::TrainConfig {
 
 impl Engine for Escale {
     fn make_corpus(&self, bytes: u64, seed: u64, dir: &Path) -> Result<Vec<PathBuf>> {
-        let _ = (bytes, seed, dir);
-        anyhow::bail!("the built-in corpus generator (escale-data) is not available in this build")
+        let options = escale_data::CorpusOptions { size_bytes: bytes, seed, ..escale_data::CorpusOptions::default() };
+        let summary = escale_data::make_corpus(dir, &options).with_context(|| format!("generating the corpus in {}", dir.display()))?;
+        Ok(summary.files)
     }
 
     fn train_tokenizer(&self, inputs: &[PathBuf], vocab_size: usize, out: &Path) -> Result<()> {
-        let _ = (inputs, vocab_size, out);
-        anyhow::bail!("the BPE tokenizer trainer (escale-data) is not available in this build")
+        let options = escale_data::BpeOptions { vocab_size, ..escale_data::BpeOptions::default() };
+        let tokenizer = escale_data::train_bpe(inputs, &options).context("training the BPE tokenizer")?;
+        escale_data::save_tokenizer(&tokenizer, &options, out).with_context(|| format!("writing {}", out.display()))?;
+        Ok(())
     }
 
     fn prepare_data(

@@ -14,3 +14,36 @@ pub mod plot;
 pub mod report;
 pub mod engine;
 pub mod runner;
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+
+/// Runs a pipeline file with the real engine. `output` overrides the file's `run_dir`; without
+/// either, the run goes to `runs/<file stem>` beside the file.
+pub fn run_file(path: &Path, output: Option<&Path>, threads: Option<usize>, progress: bool) -> anyhow::Result<runner::RunOutcome> {
+    let file = schema::PipelineFile::load(path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let run_dir = match (output, &file.run_dir) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, Some(r)) => base_dir.join(r),
+        (None, None) => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
+            base_dir.join("runs").join(stem)
+        }
+    };
+    run(&file, &base_dir, &run_dir, threads, progress)
+}
+
+/// Runs a parsed pipeline with the real engine into `run_dir`.
+pub fn run(
+    file: &schema::PipelineFile,
+    base_dir: &Path,
+    run_dir: &Path,
+    threads: Option<usize>,
+    progress: bool,
+) -> anyhow::Result<runner::RunOutcome> {
+    let engine = engine::Escale { threads };
+    let opts = runner::RunOptions { run_dir: run_dir.to_path_buf(), base_dir: base_dir.to_path_buf(), progress };
+    runner::Runner::new(file, &opts, &engine).run()
+}

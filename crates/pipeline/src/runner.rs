@@ -73,9 +73,10 @@ fn resolve_train(spec: &TrainSpec, file: &PipelineFile, index: usize, at: &str) 
     let micro_batch = s.micro_batch.unwrap_or(d.micro_batch);
     let grad_accum = s.grad_accum.unwrap_or(d.grad_accum);
     let steps = tokens.div_ceil((seq_len * micro_batch * grad_accum).max(1) as u64).max(1);
-    // Ten evaluations and checkpoints per stage by default: enough points for the figure and a
-    // resume point never far behind.
-    let tenth = (steps / 10).max(1);
+    // Eight checkpoints and five evaluations per stage by default: a resume point never far
+    // behind, and enough validation points for the figure at a modest cost.
+    let eighth = (steps / 8).max(1);
+    let fifth = (steps / 5).max(1);
     let lr = s.lr.unwrap_or(d.lr);
     Ok(TrainSettings {
         tokens,
@@ -90,9 +91,10 @@ fn resolve_train(spec: &TrainSpec, file: &PipelineFile, index: usize, at: &str) 
         beta1: s.beta1.unwrap_or(d.beta1),
         beta2: s.beta2.unwrap_or(d.beta2),
         grad_clip: s.grad_clip.unwrap_or(d.clip),
-        eval_interval: s.eval_interval.unwrap_or(tenth),
+        eval_interval: s.eval_interval.unwrap_or(fifth),
+        // The same held-out tokens as the transition measurements, so the curve joins them.
         eval_tokens: s.eval_tokens.unwrap_or(file.eval.tokens),
-        save_interval: s.save_interval.unwrap_or(tenth),
+        save_interval: s.save_interval.unwrap_or(eighth),
         keep_checkpoints: s.keep_checkpoints.unwrap_or(2),
         seed: s.seed.unwrap_or(file.seed.wrapping_add(index as u64)),
         aux_loss_coef: s.aux_loss_coef.unwrap_or(d.aux_loss_coef),
@@ -823,8 +825,8 @@ stages:
         assert_eq!(p[2].sweep.as_deref(), Some("up"));
         let t = p[0].train.as_ref().unwrap();
         assert_eq!((t.tokens, t.seq_len, t.micro_batch), (6400, 32, 2));
-        // 100 steps: ten evaluations and checkpoints by default.
-        assert_eq!((t.eval_interval, t.save_interval), (10, 10));
+        // 100 steps: five evaluations and eight checkpoints by default.
+        assert_eq!((t.eval_interval, t.save_interval), (20, 12));
         assert_eq!(t.seed, 5);
         assert_eq!(p[3].train.as_ref().unwrap().seed, 7);
         let Work::ScaleOut(o) = &p[3].work else { panic!() };
