@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
@@ -83,6 +83,8 @@ struct Slot {
     offset: u64,
     spec: TensorSpec,
     written: AtomicBool,
+    /// Bytes delivered through [`CheckpointWriter::write_part`].
+    part_bytes: AtomicU64,
 }
 
 struct ShardFile {
@@ -211,7 +213,7 @@ impl CheckpointWriter {
             .zip(slot_of)
             .map(|(spec, at)| {
                 let (shard, offset) = at.expect("every tensor is planned");
-                Slot { shard, offset, spec, written: AtomicBool::new(false) }
+                Slot { shard, offset, spec, written: AtomicBool::new(false), part_bytes: AtomicU64::new(0) }
             })
             .collect();
         Ok(CheckpointWriter {
@@ -252,7 +254,7 @@ impl CheckpointWriter {
                 format!("got {} bytes, shape {:?} in {} needs {}", bytes.len(), slot.spec.shape, slot.spec.dtype, slot.spec.byte_len()),
             ));
         }
-        if slot.written.swap(true, Ordering::SeqCst) {
+        if slot.written.swap(true, Ordering::SeqCst) || slot.part_bytes.load(Ordering::SeqCst) > 0 {
             return Err(FormatError::tensor(&self.out_dir, name, "written twice"));
         }
         let shard = &self.shards[slot.shard];
@@ -260,6 +262,37 @@ impl CheckpointWriter {
             .file
             .write_all_at(bytes, slot.offset)
             .map_err(|e| FormatError::io(self.tmp_dir.join(&shard.name), e))
+    }
+
+    /// Writes a piece of a tensor (bytes in its declared dtype) at byte `offset` within it, so a
+    /// large tensor can be produced in bounded memory. Pieces must not overlap; the tensor counts
+    /// as written once they add up to its size. Safe to call from many threads.
+    pub fn write_part(&self, name: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let slot = self.slot(name)?;
+        let len = slot.spec.byte_len();
+        if bytes.is_empty() && len > 0 {
+            return Ok(());
+        }
+        if offset + bytes.len() as u64 > len {
+            return Err(FormatError::tensor(
+                &self.out_dir,
+                name,
+                format!("piece at byte {offset} of {} bytes overruns the tensor's {len} bytes", bytes.len()),
+            ));
+        }
+        let total = slot.part_bytes.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
+        if total > len || slot.written.load(Ordering::SeqCst) {
+            return Err(FormatError::tensor(&self.out_dir, name, "written twice"));
+        }
+        let shard = &self.shards[slot.shard];
+        shard
+            .file
+            .write_all_at(bytes, slot.offset + offset)
+            .map_err(|e| FormatError::io(self.tmp_dir.join(&shard.name), e))?;
+        if total == len {
+            slot.written.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Writes f32 values, rounding once to the tensor's declared dtype.

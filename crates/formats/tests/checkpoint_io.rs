@@ -238,3 +238,45 @@ fn bad_inputs_name_the_file_and_tensor() {
     std::fs::write(d.join("config.json"), tiny_config(true).to_string()).unwrap();
     assert!(open_err(&d).contains("no model.safetensors"));
 }
+
+#[test]
+fn write_part_assembles_a_tensor_from_pieces_in_any_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = make_model(tmp.path(), true, DType::BF16, u64::MAX);
+    let cfg = ModelConfig::from_json(tiny_config(true), Path::new("config.json")).unwrap();
+    let specs: Vec<TensorSpec> =
+        expected_params(&cfg).iter().map(|(p, s)| TensorSpec::new(hf_name(cfg.model_type, *p), DType::BF16, s.clone())).collect();
+    let out = tmp.path().join("pieces");
+    let writer = CheckpointWriter::create(&out, specs.clone(), &WriterOptions::default()).unwrap();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut bytes = Vec::new();
+        escale_formats::dtype::encode_from_f32(DType::BF16, &values(i, spec.shape.iter().product()), &mut bytes);
+        let mid = (bytes.len() / 2) as u64;
+        writer.write_part(&spec.name, mid, &bytes[mid as usize..]).unwrap();
+        writer.write_part(&spec.name, 0, &bytes[..mid as usize]).unwrap();
+    }
+    let first = &specs[0].name;
+    let err = writer.write_part(first, 0, &[0, 0]).unwrap_err().to_string();
+    assert!(err.contains(first.as_str()) && err.contains("written twice"), "{err}");
+    let err = writer.write_part(first, specs[0].byte_len(), &[0, 0]).unwrap_err().to_string();
+    assert!(err.contains("overruns"), "{err}");
+    writer.finish(&cfg, None).unwrap();
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), std::fs::read(whole.join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn unfinished_pieces_fail_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig::from_json(tiny_config(true), Path::new("config.json")).unwrap();
+    let specs: Vec<TensorSpec> =
+        expected_params(&cfg).iter().map(|(p, s)| TensorSpec::new(hf_name(cfg.model_type, *p), DType::F32, s.clone())).collect();
+    let out = tmp.path().join("partial");
+    let writer = CheckpointWriter::create(&out, specs.clone(), &WriterOptions::default()).unwrap();
+    for spec in &specs {
+        let n: usize = spec.shape.iter().product();
+        writer.write_part(&spec.name, 0, &vec![0u8; (n * 4).saturating_sub(4)]).unwrap();
+    }
+    let err = writer.finish(&cfg, None).unwrap_err().to_string();
+    assert!(err.contains("never written"), "{err}");
+    assert!(!out.exists());
+}

@@ -1,19 +1,17 @@
 //! The streaming executor: for each output tensor, read the source rows it needs, compute in f32,
 //! round once to the output dtype, write, drop.
 //!
-//! Source rows are read with positioned reads (`pread`) rather than through the memory map, so
-//! pages of a multi-GiB source do not pile up in this process's resident set; the output goes
-//! straight to its final offset through [`CheckpointWriter`]. Tensors are processed in parallel
-//! (rayon) while a byte budget bounds how much output is held in memory at once.
+//! Sources are read zero-copy from the checkpoint's memory map and their pages released after
+//! each tensor, and the output is written in chunks of whole rows straight to its final offset
+//! ([`CheckpointWriter::write_part`]), so memory stays at a few MiB per worker plus the source
+//! tensors in flight. Tensors are processed in parallel (rayon) under a byte budget.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use escale_formats::dtype::{decode_to_f32, encode_from_f32};
+use escale_formats::dtype::decode_to_f32;
 use escale_formats::writer::{check_output, TensorSpec};
 use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, WriterOptions};
 use rand::rngs::StdRng;
@@ -33,8 +31,8 @@ pub struct ExecOptions {
     pub max_shard_bytes: u64,
     /// Replace a non-empty output folder.
     pub force: bool,
-    /// Most output bytes held in memory at once across the parallel workers (a single larger
-    /// tensor still runs, alone).
+    /// Most bytes (mapped source tensors plus output chunks) in use at once across the parallel
+    /// workers; a single larger tensor still runs, alone.
     pub memory_budget_bytes: u64,
     /// Worker threads; `None` uses rayon's global pool (all cores).
     pub threads: Option<usize>,
@@ -56,7 +54,7 @@ impl Default for ExecOptions {
 pub struct ScaleUpReport {
     pub out_dir: PathBuf,
     pub tensors: usize,
-    /// Source bytes read (a row read twice counts twice).
+    /// Source bytes read (a tensor read for two outputs counts twice).
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub seconds: f64,
@@ -78,7 +76,7 @@ pub fn execute(
     let start = Instant::now();
     check_output(out_dir, opts.force)?;
     check_source_matches(plan, src)?;
-    let reader = SourceReader::open(src)?;
+    let reader = SourceReader::new(src);
     let rules: Vec<TensorRule> = plan.tensors.iter().map(|t| plan.rule_for(t)).collect();
     let specs: Vec<TensorSpec> = plan
         .tensors
@@ -98,9 +96,10 @@ pub fn execute(
     let read = AtomicU64::new(0);
     let work = || (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
         let spec = &specs[i];
-        let _permit = budget.acquire(spec.byte_len());
-        let bytes = compute_tensor(&rules[i], &reader, spec.dtype, &read)?;
-        writer.write_bytes(&spec.name, &bytes)?;
+        // Sources are mapped (resident while in use), the output is held one chunk at a time.
+        let source_bytes: u64 = rules[i].sources.iter().map(|s| reader.byte_len(s)).sum();
+        let _permit = budget.acquire(spec.byte_len().min(CHUNK_BYTES as u64) + source_bytes);
+        write_tensor(&rules[i], &reader, spec, &writer, &read)?;
         let now = done.fetch_add(spec.byte_len(), Ordering::Relaxed) + spec.byte_len();
         if let Some(p) = progress {
             p(now, total);
@@ -147,103 +146,205 @@ fn check_source_matches(plan: &ScaleUpPlan, src: &Checkpoint) -> Result<(), Scal
 
 /// `--dtype`, or else the storage dtype of the tensor's main source.
 fn out_dtype(plan: &ScaleUpPlan, src: &Checkpoint, rule: &TensorRule) -> Result<DType, ScaleUpError> {
-    if let Some(d) = plan.options.dtype {
-        return Ok(d);
+    match plan.options.dtype {
+        Some(d) => Ok(d),
+        None => Ok(tensor_info(src, &rule.sources[0])?.dtype),
     }
-    let name = &rule.sources[0];
-    let name = if src.info(name).is_none() { src.name_of(escale_formats::Param::LmHead) } else { name.clone() };
-    src.info(&name)
-        .map(|i| i.dtype)
-        .ok_or_else(|| FormatError::tensor(src.dir(), &name, "not found in the checkpoint").into())
 }
 
-/// Positioned reads of single rows from the source shards.
+fn tensor_info<'a>(src: &'a Checkpoint, name: &str) -> Result<&'a escale_formats::TensorInfo, ScaleUpError> {
+    src.info(name).ok_or_else(|| FormatError::tensor(src.dir(), name, "not found in the checkpoint").into())
+}
+
+/// Source tensors, zero-copy from the checkpoint's memory map.
+///
+/// Touching mapped pages counts them in this process's resident set until they are unmapped, so
+/// after each output tensor its sources' pages are released with `MADV_DONTNEED` (they stay in
+/// the page cache; a later read faults the same file bytes back in). The RSS thus stays at the
+/// tensors in flight, not the size of the input.
 struct SourceReader<'a> {
     ckpt: &'a Checkpoint,
-    files: Vec<File>,
+}
+
+/// A source tensor's raw bytes and layout.
+struct Src<'a> {
+    dtype: DType,
+    bytes: &'a [u8],
+    /// Row length (a vector is one row).
+    cols: usize,
+}
+
+impl Src<'_> {
+    /// Decodes row `row` into `out` (f32, exact for every stored dtype).
+    fn decode_row(&self, row: usize, out: &mut Vec<f32>) {
+        let w = self.cols * self.dtype.size_in_bytes();
+        decode_to_f32(self.dtype, &self.bytes[row * w..(row + 1) * w], out);
+    }
 }
 
 impl<'a> SourceReader<'a> {
-    fn open(ckpt: &'a Checkpoint) -> Result<Self, ScaleUpError> {
-        let files = ckpt
-            .shard_paths()
-            .map(|p| File::open(p).map_err(|e| FormatError::io(p, e).into()))
-            .collect::<Result<_, ScaleUpError>>()?;
-        Ok(SourceReader { ckpt, files })
+    fn new(ckpt: &'a Checkpoint) -> Self {
+        SourceReader { ckpt }
     }
 
-    /// Resolves a source name (a tied `lm_head` reads the embedding).
-    fn info(&self, name: &str) -> Result<&escale_formats::TensorInfo, ScaleUpError> {
-        if let Some(i) = self.ckpt.info(name) {
-            return Ok(i);
-        }
-        let tied = self.ckpt.name_of(escale_formats::Param::LmHead);
-        if name == "lm_head.weight" {
-            if let Some(i) = self.ckpt.info(&tied) {
-                return Ok(i);
-            }
-        }
-        Err(FormatError::tensor(self.ckpt.dir(), name, "not found in the checkpoint").into())
+    /// Bytes a tensor occupies in the source (for the memory budget).
+    fn byte_len(&self, name: &str) -> u64 {
+        self.ckpt.info(name).map_or(0, |i| i.byte_len() as u64)
     }
 
-    /// Reads row `row` of a tensor (a vector is one row) into `out` as f32.
-    fn read_row(&self, name: &str, row: usize, scratch: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<u64, ScaleUpError> {
-        let info = self.info(name)?;
-        let (rows, cols) = match info.shape.as_slice() {
-            [n] => (1, *n),
-            [r, c] => (*r, *c),
+    fn get(&self, name: &str) -> Result<Src<'a>, ScaleUpError> {
+        let info = tensor_info(self.ckpt, name)?;
+        let cols = match info.shape.as_slice() {
+            [n] | [_, n] => *n,
             other => {
                 return Err(FormatError::tensor(self.ckpt.dir(), name, format!("expected a vector or matrix, found shape {other:?}")).into())
             }
         };
-        if row >= rows {
-            return Err(FormatError::tensor(self.ckpt.dir(), name, format!("row {row} out of range ({rows} rows)")).into());
-        }
-        let row_bytes = cols * info.dtype.size_in_bytes();
-        scratch.resize(row_bytes, 0);
-        let offset = (info.start + row * row_bytes) as u64;
-        let path = self.ckpt.shard_paths().nth(info.shard).expect("shard index from the checkpoint");
-        self.files[info.shard].read_exact_at(scratch, offset).map_err(|e| FormatError::io(path, e))?;
-        decode_to_f32(info.dtype, scratch, out);
-        Ok(row_bytes as u64)
+        let bytes = self.ckpt.bytes(name)?;
+        pages::advise(bytes, libc::MADV_WILLNEED);
+        Ok(Src { dtype: info.dtype, bytes, cols })
     }
 }
 
-/// Computes one output tensor, row by row, straight into its encoded bytes.
-fn compute_tensor(rule: &TensorRule, reader: &SourceReader, dtype: DType, read: &AtomicU64) -> Result<Vec<u8>, ScaleUpError> {
-    let n = rule.rows.len() * rule.cols.len();
-    if rule.zero {
-        let mut bytes = Vec::new();
-        encode_from_f32(dtype, &vec![0.0; n], &mut bytes);
-        return Ok(bytes);
+/// Output bytes computed before they are written (per worker); bounds memory for huge tensors.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Computes one output tensor row by row and writes it in chunks of whole rows.
+fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, writer: &CheckpointWriter, read: &AtomicU64) -> Result<(), ScaleUpError> {
+    let row_bytes = rule.cols.len() * spec.dtype.size_in_bytes();
+    let rows_per_chunk = (CHUNK_BYTES / row_bytes.max(1)).max(1);
+    let mut chunk: Vec<u8> = Vec::with_capacity((rows_per_chunk * row_bytes).min(spec.byte_len() as usize));
+    let mut offset = 0u64;
+    // An empty piece completes only an empty tensor (formats ignores it otherwise).
+    let mut flush = |chunk: &mut Vec<u8>| -> Result<(), ScaleUpError> {
+        writer.write_part(&spec.name, offset, chunk)?;
+        offset += chunk.len() as u64;
+        chunk.clear();
+        Ok(())
+    };
+    if rule.zero || rule.rows.is_empty() {
+        let zero_row = vec![0f32; rule.cols.len()];
+        for _ in 0..rule.rows.len() {
+            encode_append(spec.dtype, &zero_row, &mut chunk);
+            if chunk.len() + row_bytes > chunk.capacity() {
+                flush(&mut chunk)?;
+            }
+        }
+        return flush(&mut chunk);
     }
-    let mut out = Vec::with_capacity(n * dtype.size_in_bytes());
-    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); rule.sources.len()];
-    let (mut scratch, mut row_out, mut encoded) = (Vec::new(), vec![0f32; rule.cols.len()], Vec::new());
+    let srcs = rule.sources.iter().map(|s| reader.get(s)).collect::<Result<Vec<_>, _>>()?;
+    read.fetch_add(srcs.iter().map(|s| s.bytes.len() as u64).sum(), Ordering::Relaxed);
+    let mut failed = None;
+    run_rule(rule, &srcs, |row, _: &mut Vec<u8>| {
+        if failed.is_some() {
+            return;
+        }
+        encode_append(spec.dtype, row, &mut chunk);
+        if chunk.len() + row_bytes > chunk.capacity() {
+            if let Err(e) = flush(&mut chunk) {
+                failed = Some(e);
+            }
+        }
+    }, 0);
+    for s in &srcs {
+        pages::advise(s.bytes, libc::MADV_DONTNEED);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => flush(&mut chunk),
+    }
+}
+
+fn encode_append(dtype: DType, row: &[f32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + row.len() * dtype.size_in_bytes(), 0);
+    let dst = &mut out[start..];
+    match dtype {
+        DType::F32 => dst.chunks_exact_mut(4).zip(row).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+        DType::BF16 => dst.chunks_exact_mut(2).zip(row).for_each(|(d, v)| d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        DType::F16 => dst.chunks_exact_mut(2).zip(row).for_each(|(d, v)| d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+    }
+}
+
+/// Runs a rule over its sources, handing each finished f32 row to `emit`. Each source row is
+/// decoded once per output row that needs it (consecutive repeats are reused).
+fn run_rule<T>(rule: &TensorRule, srcs: &[Src], mut emit: impl FnMut(&[f32], &mut T), capacity: usize) -> T
+where
+    T: WithCapacity,
+{
+    let mut acc = T::with_capacity(capacity);
+    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); srcs.len()];
+    let mut loaded: Vec<Option<usize>> = vec![None; srcs.len()];
     let overrides = rule.override_tensors();
-    let mut bytes_read = 0;
+    let mut row_out = vec![0f32; rule.cols.len()];
     for (r, sel) in rule.rows.iter().enumerate() {
-        bytes_read += reader.read_row(&rule.sources[sel.tensor as usize], sel.src_row, &mut scratch, &mut bufs[sel.tensor as usize])?;
-        for &k in overrides.iter().filter(|&&k| k != sel.tensor) {
-            bytes_read += reader.read_row(&rule.sources[k as usize], sel.src_row, &mut scratch, &mut bufs[k as usize])?;
+        for k in std::iter::once(sel.tensor).chain(overrides.iter().copied()) {
+            let k = k as usize;
+            if loaded[k] != Some(sel.src_row) {
+                srcs[k].decode_row(sel.src_row, &mut bufs[k]);
+                loaded[k] = Some(sel.src_row);
+            }
         }
         gather_row(rule, r, &bufs, &mut row_out);
-        encode_from_f32(dtype, &row_out, &mut encoded);
-        out.extend_from_slice(&encoded);
+        emit(&row_out, &mut acc);
     }
-    read.fetch_add(bytes_read, Ordering::Relaxed);
-    Ok(out)
+    acc
 }
 
-/// Output row `r` from the loaded source rows (`bufs[k]` = the row of source tensor `k`).
-pub(crate) fn gather_row(rule: &TensorRule, r: usize, bufs: &[Vec<f32>], out: &mut [f32]) {
+/// Output containers of [`run_rule`].
+trait WithCapacity {
+    fn with_capacity(n: usize) -> Self;
+}
+
+impl<T> WithCapacity for Vec<T> {
+    fn with_capacity(n: usize) -> Self {
+        Vec::with_capacity(n)
+    }
+}
+
+/// Output row `r` of a rule from the decoded source rows (`bufs[k]` = the row of source `k`).
+fn gather_row(rule: &TensorRule, r: usize, bufs: &[Vec<f32>], out: &mut [f32]) {
     let sel = rule.rows[r];
-    for (o, c) in out.iter_mut().zip(&rule.cols) {
-        let src = &bufs[c.tensor.unwrap_or(sel.tensor) as usize];
-        *o = sel.scale * c.scale * src[c.src_col];
+    if rule.cols.iter().all(|c| c.tensor.is_none()) {
+        let src = &bufs[sel.tensor as usize];
+        for (o, c) in out.iter_mut().zip(&rule.cols) {
+            *o = sel.scale * c.scale * src[c.src_col];
+        }
+    } else {
+        for (o, c) in out.iter_mut().zip(&rule.cols) {
+            *o = sel.scale * c.scale * bufs[c.tensor.unwrap_or(sel.tensor) as usize][c.src_col];
+        }
     }
     if let Some(noise) = rule.noise {
         add_lemon_noise(rule, r, noise.std, noise.seed, out);
+    }
+}
+
+/// Page advice for slices of the read-only source mapping.
+mod pages {
+    /// Applies `advice` to the whole pages spanned by `bytes`.
+    ///
+    /// Only for slices of read-only, file-backed mappings (`Checkpoint::bytes`): WILLNEED just
+    /// schedules read-ahead, and DONTNEED just unmaps pages whose contents the file still holds,
+    /// so a concurrent or later reader of the same pages faults identical bytes back in.
+    pub(super) fn advise(bytes: &[u8], advice: libc::c_int) {
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => 4096,
+        };
+        let start = bytes.as_ptr() as usize;
+        let first = start - start % page;
+        // Mappings start on a page and end on a whole page, so rounding outwards stays inside.
+        let len = (start + bytes.len() - first).div_ceil(page) * page;
+        // SAFETY: the span lies inside a live read-only file mapping (see above); advice failures
+        // are harmless, so the result is ignored.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, len, advice);
+        }
     }
 }
 
@@ -279,21 +380,12 @@ fn add_lemon_noise(rule: &TensorRule, r: usize, std: f32, seed: u64, out: &mut [
 /// Applies a rule to in-memory source tensors (row-major, `src_cols[k]` columns each; a vector is
 /// one row). The executor's arithmetic, without files: for tests and small tools.
 pub fn apply_rule(rule: &TensorRule, sources: &[&[f32]], src_cols: &[usize]) -> Vec<f32> {
-    let mut out = vec![0f32; rule.rows.len() * rule.cols.len()];
     if rule.zero {
-        return out;
+        return vec![0f32; rule.rows.len() * rule.cols.len()];
     }
-    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); sources.len()];
-    for (r, sel) in rule.rows.iter().enumerate() {
-        for (k, buf) in bufs.iter_mut().enumerate() {
-            let w = src_cols[k];
-            buf.clear();
-            buf.extend_from_slice(&sources[k][sel.src_row * w..(sel.src_row + 1) * w]);
-        }
-        let w = rule.cols.len();
-        gather_row(rule, r, &bufs, &mut out[r * w..(r + 1) * w]);
-    }
-    out
+    let raw: Vec<Vec<u8>> = sources.iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols }).collect();
+    run_rule(rule, &srcs, |row, out: &mut Vec<f32>| out.extend_from_slice(row), rule.rows.len() * rule.cols.len())
 }
 
 /// Bounds the output bytes held at once by the parallel workers.

@@ -533,6 +533,11 @@ mod tests {
         let dup: Vec<usize> = (1..40).filter(|&l| plan.depth.map[l] == plan.depth.map[l - 1]).map(|l| plan.depth.map[l]).collect();
         assert_eq!(dup, (0..8).map(|k| 4 * k).collect::<Vec<_>>());
         assert_eq!(&plan.heads.map[..10], &[0, 1, 2, 3, 0, 4, 5, 6, 7, 4]);
+        // Every rule (computed from the configs alone) covers its tensor exactly.
+        for t in &plan.tensors {
+            let rule = plan.rule_for(t);
+            assert_eq!(rule.rows.len() * rule.cols.len(), t.shape.iter().product::<usize>(), "{}", t.name);
+        }
         // The paper's combination (AKI-Pro with plain FPI) is not function preserving.
         assert!(!plan.exactness.exact && plan.exactness.reasons.len() == 3, "{:?}", plan.exactness);
     }
