@@ -101,7 +101,7 @@ fn train_with_yaml_and_flag_overrides_writes_logs_and_checkpoint() {
     assert_eq!(l.len(), 10);
     assert!(l[9].1 < l[0].1, "loss fell: {l:?}");
     let evals = std::fs::read_to_string(run.join("eval_log.jsonl")).unwrap();
-    assert_eq!(evals.lines().count(), 2);
+    assert_eq!(evals.lines().count(), 3, "baseline at step 0, then steps 5 and 10");
     assert!(run.join("checkpoints/step-00000010/model.safetensors").is_file());
     assert!(run.join("checkpoints/step-00000010/trainer_state.json").is_file());
 

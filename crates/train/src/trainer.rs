@@ -137,6 +137,15 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<
     let elapsed_before = s.state.elapsed_s;
     let mut last_checkpoint = s.resumed_from.clone();
 
+    // Baseline validation loss before the first update: where a grown model starts from.
+    if let (Some(valid), 0) = (&s.valid, s.state.step) {
+        let val_loss = evaluate(&s.model, valid, cfg.seq_len, cfg.micro_batch, cfg.eval_tokens)?;
+        s.state.best_val_loss = Some(val_loss);
+        let rec = EvalRecord { step: 0, tokens: 0, flops: 0.0, val_loss };
+        write_line(&mut eval_log, &cfg.output.join(EVAL_LOG), &rec)?;
+        on_event(TrainEvent::Eval(&rec));
+    }
+
     while s.state.step < total_steps {
         let step = s.state.step + 1;
         let t0 = Instant::now();

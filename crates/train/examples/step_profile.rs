@@ -1,0 +1,45 @@
+//! Times the parts of one training step (forward, loss, backward, optimizer) on a model folder
+//! with random tokens: `cargo run --release -p escale-train --example step_profile -- MODEL [SEQ] [BATCH]`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use escale_model::Model;
+use escale_train::{AdamW, AdamWConfig};
+
+fn main() {
+    escale_train::tune_allocator();
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(&args[1]);
+    let seq: usize = args.get(2).map_or(256, |s| s.parse().unwrap());
+    let batch: usize = args.get(3).map_or(8, |s| s.parse().unwrap());
+    let model = Model::load_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    let params = model.named_parameters();
+    let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
+    let v = model.config.vocab_size as u32;
+    for it in 0..4 {
+        let ids: Vec<u32> = (0..batch * (seq + 1)).map(|i| (i as u32).wrapping_mul(2654435761u32) % v).collect();
+        let w = Tensor::from_vec(ids, (batch, seq + 1), &Device::Cpu).unwrap();
+        let t0 = Instant::now();
+        let out = model.forward(&w.narrow(1, 0, seq).unwrap()).unwrap();
+        let t1 = Instant::now();
+        let loss = escale_model::cross_entropy(&out.logits, &w.narrow(1, 1, seq).unwrap().contiguous().unwrap()).unwrap();
+        let _ = loss.to_scalar::<f32>().unwrap();
+        let t2 = Instant::now();
+        let g = loss.backward().unwrap();
+        let t3 = Instant::now();
+        let grads: Vec<Tensor> = params.iter().map(|(_, p)| g.get(p.as_tensor()).unwrap().clone()).collect();
+        opt.step(&grads, 1e-3).unwrap();
+        let t4 = Instant::now();
+        let total = (t4 - t0).as_secs_f64();
+        println!(
+            "iter {it}: forward {:.3}s loss {:.3}s backward {:.3}s adamw {:.3}s total {:.3}s = {:.0} tok/s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            (t4 - t3).as_secs_f64(),
+            total,
+            (batch * seq) as f64 / total
+        );
+    }
+}
