@@ -53,6 +53,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Before any tensor is allocated: training frees and reallocates large buffers every step,
+    // and glibc's defaults would return them to the OS and page-fault them back in each time.
+    escale_model::tune_allocator();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
