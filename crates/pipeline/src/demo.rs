@@ -17,7 +17,7 @@ struct Sizes {
 }
 
 const FULL: Sizes =
-    Sizes { corpus_mb: 2.0, vocab: 1024, base_tokens: 400_000, up_tokens: 300_000, moe_tokens: 300_000, eval_tokens: 16_384 };
+    Sizes { corpus_mb: 1.0, vocab: 512, base_tokens: 163_840, up_tokens: 102_400, moe_tokens: 102_400, eval_tokens: 8_192 };
 const QUICK: Sizes =
     Sizes { corpus_mb: 0.3, vocab: 384, base_tokens: 24_576, up_tokens: 12_288, moe_tokens: 12_288, eval_tokens: 2_048 };
 

@@ -708,7 +708,13 @@ impl<'a> Runner<'a> {
         };
         let seq_len = spec.seq_len.or(self.file.train.seq_len).unwrap_or(crate::engine::trainer_defaults().seq_len);
         let per_token = self.engine.flops_per_token(&of_model, seq_len)?;
-        spec.tokens = Some(((flops / per_token).round() as u64).max(1));
+        // Whole optimizer steps, rounded to the nearest (not up): the budget is met within half a step.
+        let tokens_per_step = (seq_len
+            * spec.micro_batch.or(self.file.train.micro_batch).unwrap_or(crate::engine::trainer_defaults().micro_batch)
+            * spec.grad_accum.or(self.file.train.grad_accum).unwrap_or(crate::engine::trainer_defaults().grad_accum))
+            as f64;
+        let steps = (flops / per_token / tokens_per_step).round().max(1.0);
+        spec.tokens = Some((steps * tokens_per_step) as u64);
         let index = self.file.stages.iter().position(|s| s.names().contains(&stage.name)).unwrap_or(0);
         let train = resolve_train(&spec, self.file, index, &format!("stages[{index}].baseline"))?;
         eprintln!("  budget {flops:.3e} FLOPs = {} tokens at {per_token:.3e} FLOPs/token", train.tokens);
