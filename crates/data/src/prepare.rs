@@ -19,9 +19,10 @@
 //!   with whole files as documents a book or a corpus file would be a single document: `--split`
 //!   could not hold anything out and a single document cannot be encoded in parallel.
 //!
-//! Empty documents are skipped. Every document is followed by the EOS id (Megatron's
-//! `--append-eod`), unless `append_eos` is off. Ids are those of the tokenizer on the document's
-//! text, without the post-processor's special tokens unless `add_special_tokens` is on.
+//! Empty documents are skipped, and so is a UTF-8 byte-order mark opening a file. Every document
+//! is followed by the EOS id (Megatron's `--append-eod`), unless `append_eos` is off. Ids are those
+//! of the tokenizer on the document's text, without the post-processor's special tokens unless
+//! `add_special_tokens` is on.
 //!
 //! # Errors in inputs
 //!
@@ -210,6 +211,11 @@ impl PrepareSummary {
                 o.tokens
             );
         }
+        if let [_, valid] = &self.outputs[..] {
+            if valid.documents == 0 {
+                s += &format!("warning: the validation set {} is empty: too few documents for this --split\n", valid.prefix.display());
+            }
+        }
         if self.skipped > 0 {
             s += &format!("skipped {} documents/files because of input errors:\n", self.skipped);
             for e in &self.errors {
@@ -241,6 +247,8 @@ const JSONL_EXTENSIONS: &[&str] = &["jsonl", "ndjson", "json"];
 /// Documents longer than this are encoded in pieces when that is exact.
 pub const PIECE_BYTES: usize = 64 << 10;
 const MAX_REPORTED_ERRORS: usize = 100;
+/// A byte-order mark opening a file is not text: dropped.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Expands files, folders and globs into the ordered list of input files.
 pub fn resolve_inputs(inputs: &[String], on_error: OnError, errors: &mut Vec<String>) -> Result<Vec<PathBuf>> {
@@ -265,7 +273,7 @@ pub fn resolve_inputs(inputs: &[String], on_error: OnError, errors: &mut Vec<Str
             let paths = glob::glob_with(input, glob_options).map_err(|e| DataError::Invalid(format!("bad glob pattern `{input}`: {e}")))?;
             let mut matched: Vec<PathBuf> = Vec::new();
             for p in paths {
-                let p = p.map_err(|e| DataError::io(e.path().to_path_buf(), std::io::Error::other(e.to_string())))?;
+                let p = p.map_err(|e| DataError::io(e.path(), std::io::Error::other(e.to_string())))?;
                 if p.is_dir() {
                     walk_dir(&p, &mut matched, 0)?;
                 } else if p.is_file() {
@@ -406,8 +414,8 @@ impl<'a> Reader<'a> {
                 let msg = format!("{e} (skipped)");
                 if self.options.progress {
                     match &self.progress {
-                        Some(pb) => pb.println(format!("warning: {msg}")),
-                        None => eprintln!("warning: {msg}"),
+                        Some(pb) if !pb.is_hidden() => pb.println(format!("warning: {msg}")),
+                        _ => eprintln!("warning: {msg}"),
                     }
                 }
                 if self.stats.errors.len() < MAX_REPORTED_ERRORS {
@@ -520,7 +528,8 @@ impl<'a> Reader<'a> {
             }
             line_no += 1;
             self.batch_input += n as u64;
-            f(self, line_no, &buf)?;
+            let line = if line_no == 1 { buf.strip_prefix(UTF8_BOM).unwrap_or(&buf) } else { &buf[..] };
+            f(self, line_no, line)?;
         }
     }
 
@@ -547,7 +556,7 @@ impl<'a> Reader<'a> {
             }
             let text = match std::str::from_utf8(trimmed) {
                 Ok(s) => s,
-                Err(_) => return Ok(me.error(DataError::InvalidUtf8 { path: path.to_path_buf(), line: line_no })?),
+                Err(_) => return me.error(DataError::InvalidUtf8 { path: path.to_path_buf(), line: line_no }),
             };
             match extract_json_string(text, &key) {
                 Ok(doc) => me.document(doc)?,

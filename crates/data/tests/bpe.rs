@@ -61,7 +61,7 @@ fn trains_saves_and_feeds_prepare_data() {
 fn bad_options_and_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let text = corpus(dir.path(), 10_000);
-    let e = train_bpe(&[text.clone()], &BpeOptions { vocab_size: 200, ..Default::default() }).unwrap_err();
+    let e = train_bpe(std::slice::from_ref(&text), &BpeOptions { vocab_size: 200, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("at least 256"), "{e}");
     let e = train_bpe(&[], &BpeOptions::default()).unwrap_err();
     assert!(matches!(e, DataError::EmptyInput(_)), "{e}");

@@ -456,3 +456,30 @@ fn sentencepiece_style_tokenizer_is_encoded_whole() {
     want.push(tok.eos_id().unwrap());
     assert_eq!(read_all(&tmp.path().join("s")), vec![want]);
 }
+
+#[test]
+fn byte_order_mark_is_not_text() {
+    let (tok, _) = small_tokenizer(400);
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("bom.txt");
+    std::fs::write(&t, "\u{FEFF}first\n\nsecond").unwrap();
+    let j = dir.path().join("bom.jsonl");
+    std::fs::write(&j, "\u{FEFF}{\"text\": \"third\"}\n").unwrap();
+    prepare_data_with(&tok, &options(&[&t, &j], &dir.path().join("b"))).unwrap();
+    let want: Vec<String> = ["first", "second", "third"].map(String::from).to_vec();
+    assert_eq!(read_all(&dir.path().join("b")), expected(&tok, &want));
+}
+
+#[test]
+fn tiny_input_with_split_warns_about_an_empty_validation_set() {
+    let (tok, _) = small_tokenizer(400);
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("one.txt");
+    std::fs::write(&t, "only one document").unwrap();
+    let o = PrepareOptions { split: Some(0.99), ..options(&[&t], &dir.path().join("s")) };
+    let s = prepare_data_with(&tok, &o).unwrap();
+    assert_eq!(s.outputs[1].documents, 0);
+    assert!(s.to_text().contains("validation set") && s.to_text().contains("is empty"), "{}", s.to_text());
+    // An empty dataset is still a valid one.
+    assert_eq!(IndexedDataset::open(dir.path().join("s_valid")).unwrap().num_documents(), 0);
+}

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "auto" => None,
         s => Some(s.parse::<DType>().map_err(anyhow::Error::msg).context("--dtype")?),
     };
-    if !(args.batch_mb > 0.0) {
+    if args.batch_mb.is_nan() || args.batch_mb <= 0.0 {
         anyhow::bail!("--batch-mb must be positive");
     }
     let options = PrepareOptions {

@@ -25,7 +25,7 @@
 //!
 //! # Determinism
 //!
-//! Everything is drawn from escale's frozen [`SplitMix64`](crate::rng::SplitMix64) with integer and
+//! Everything is drawn from escale's frozen [`SplitMix64`] with integer and
 //! exactly-rounded float arithmetic, so the same options give byte-identical files on every platform
 //! and escale version (a changed template is a format change, caught by the tests' hash).
 

@@ -241,11 +241,11 @@ impl World {
             people[a].sibling = Some(b);
             people[b].sibling = Some(a);
         }
-        for c in 0..n_cities {
-            cities[c].mayor = if cities[c].residents.is_empty() {
+        for city in cities.iter_mut() {
+            city.mayor = if city.residents.is_empty() {
                 rng.below(n_people)
             } else {
-                cities[c].residents[rng.below(cities[c].residents.len())]
+                city.residents[rng.below(city.residents.len())]
             };
         }
         let person_cdf = zipf_cdf(n_people, 20.0, &mut rng);
