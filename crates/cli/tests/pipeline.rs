@@ -1,0 +1,201 @@
+//! `escale demo --quick` and `escale run`: the whole pipeline through the binary, its report files,
+//! resume after a kill, and errors in pipeline files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn escale() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_escale"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("escale runs");
+    assert!(
+        out.status.success(),
+        "escale failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Checks a PNG's signature, IHDR size and final IEND chunk.
+fn assert_png(path: &Path) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert_eq!(&b[12..16], b"IHDR");
+    let (w, h) = (u32::from_be_bytes(b[16..20].try_into().unwrap()), u32::from_be_bytes(b[20..24].try_into().unwrap()));
+    assert!(w >= 800 && h >= 500, "figure {w}x{h}");
+    assert_eq!(&b[b.len() - 8..b.len() - 4], b"IEND", "PNG truncated");
+}
+
+#[test]
+fn quick_demo_writes_the_report_with_one_series_per_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("demo");
+    let started = Instant::now();
+    let out = run_ok(escale().args(["demo", "--quick", "--output"]).arg(&run));
+    println!("escale demo --quick: {:.0} s", started.elapsed().as_secs_f64());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&run.join("report.md").display().to_string()), "{stdout}");
+
+    let summary = json(&run.join("summary.json"));
+    let stages: Vec<&str> = summary["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["base", "up-aki-pro", "up-exact", "moe", "up-scratch", "moe-scratch"]);
+    for s in summary["stages"].as_array().unwrap() {
+        let (start, end) = (s["val_loss_start"].as_f64().unwrap(), s["val_loss_end"].as_f64().unwrap());
+        assert!(start.is_finite() && end.is_finite() && s["flops"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(end < start, "training lowers the validation loss: {s}");
+    }
+    // The exact branch (fpi preset, interpolate-identity depth; plain upcycling) starts where its
+    // source ended; aki-pro does not preserve the function and says so.
+    let transitions = summary["transitions"].as_array().unwrap();
+    assert_eq!(transitions.len(), 3);
+    for t in transitions {
+        let gap = t["relative_gap"].as_f64().unwrap();
+        println!("transition {} -> {}: {:+.4}%", t["from"], t["to"], 100.0 * gap);
+        if t["exact"] == true {
+            assert!(gap.abs() < 1e-4, "an exact growth keeps the validation loss: {t}");
+        }
+    }
+    let exact: Vec<bool> = transitions.iter().map(|t| t["exact"].as_bool().unwrap()).collect();
+    assert_eq!(exact, [false, true, true]);
+    // Baselines were given the FLOPs of the grown chain they are compared with.
+    let baselines = summary["baselines"].as_array().unwrap();
+    assert_eq!(baselines.len(), 2);
+    for b in baselines {
+        let (g, s) = (b["stage_flops"].as_f64().unwrap(), b["baseline_flops"].as_f64().unwrap());
+        assert!((s - g).abs() / g < 0.05, "baseline budget {s:e} vs grown {g:e}");
+        println!("{} {} vs baseline {} {}", b["stage"], b["stage_val_loss"], b["baseline"], b["baseline_val_loss"]);
+    }
+
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for heading in ["## Stages", "## Transitions", "## Scale-up initialisations side by side", "## Grown models against from-scratch"] {
+        assert!(md.contains(heading), "report.md lacks {heading}");
+    }
+    assert!(md.contains("](loss_vs_flops.png)"));
+    assert_png(&run.join("loss_vs_flops.png"));
+    let svg = std::fs::read_to_string(run.join("loss_vs_flops.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for name in &stages {
+        let label = if name.ends_with("-scratch") { format!("{name} (from scratch, dashed)") } else { name.to_string() };
+        assert_eq!(svg.matches(&format!(">\n{label}\n</text>")).count(), 1, "legend entry for {name}");
+    }
+    assert!(run.join("pipeline.yaml").exists(), "the demo keeps its pipeline file");
+}
+
+/// A pipeline small enough to run three times in a test: built-in corpus, tiny model, one
+/// scale-up, checkpoints every few steps.
+fn tiny_pipeline(dir: &Path) -> PathBuf {
+    let yaml = r#"
+name: tiny
+seed: 3
+eval: {tokens: 2048, seq_len: 64}
+train: {seq_len: 64, micro_batch: 4, lr: 0.003, warmup: 2, save_interval: 5, eval_interval: 10}
+stages:
+  - prepare:
+      name: base
+      corpus: {builtin: {size_mb: 0.15}}
+      tokenizer: {train: {vocab_size: 320}}
+      model: {init: {config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+                              num_attention_heads: 2, num_key_value_heads: 1}}}
+      train: {tokens: 10240}
+  - scale_up:
+      name: up
+      method: fpi
+      preset: fpi
+      depth: interpolate-identity
+      target: {hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 3}
+      train: {tokens: 20480}
+"#;
+    let path = dir.join("tiny.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Final numbers of a run that must not depend on interruptions (wall time excluded).
+fn final_numbers(run: &Path) -> Vec<(String, f64, f64, u64, f64)> {
+    json(&run.join("summary.json"))["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["val_loss_start"].as_f64().unwrap(),
+                s["val_loss_end"].as_f64().unwrap(),
+                s["tokens"].as_u64().unwrap(),
+                s["flops"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn has_checkpoint(train_dir: &Path) -> bool {
+    std::fs::read_dir(train_dir.join("checkpoints"))
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("step-")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_numbers_and_a_finished_run_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_pipeline(dir.path());
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    run_ok(escale().arg("run").arg(&file).arg("--threads").arg("2").arg("-o").arg(&whole));
+
+    // Kill the run once the scale-up stage's training has written its first checkpoint.
+    let mut child = escale()
+        .arg("run")
+        .arg(&file)
+        .args(["--threads", "2", "-o"])
+        .arg(&killed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !has_checkpoint(&killed.join("up").join("train")) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("up").join("stage.json").exists(), "killed mid-stage");
+    assert!(killed.join("base").join("stage.json").exists());
+
+    let out = run_ok(escale().arg("run").arg(&file).args(["--threads", "2", "-o"]).arg(&killed));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("skipped (already finished): base"), "{stdout}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert_eq!(final_numbers(&whole), final_numbers(&killed));
+
+    // A third run finds everything finished.
+    let out = run_ok(escale().arg("run").arg(&file).args(["--threads", "2", "-o"]).arg(&killed));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("skipped (already finished): base, up"));
+    assert_eq!(final_numbers(&whole), final_numbers(&killed));
+}
+
+#[test]
+fn invalid_pipeline_files_name_the_yaml_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_pipeline(dir.path());
+    let bad = std::fs::read_to_string(&file).unwrap().replace("method: fpi", "method: akii");
+    std::fs::write(&file, bad).unwrap();
+    let out = escale().arg("run").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stages[1].scale_up.method: unknown variant `akii`, expected one of `fpi`, `aki`, `aki-pro`"), "{stderr}");
+    assert!(!dir.path().join("runs").exists(), "nothing is written for an invalid file");
+
+    let out = escale().arg("run").arg(dir.path().join("missing.yaml")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
