@@ -377,7 +377,10 @@ struct Reader<'a> {
 struct Hangup;
 
 enum ReadError {
+    /// An input error: skipped or fatal per `on_error`.
     Data(DataError),
+    /// An error that cannot be skipped (a document already partly written).
+    Fatal(DataError),
     Hangup,
 }
 
@@ -499,7 +502,7 @@ impl<'a> Reader<'a> {
             match result {
                 Ok(()) => {}
                 Err(ReadError::Data(e)) => self.error(e)?,
-                Err(ReadError::Hangup) => return Err(ReadError::Hangup),
+                Err(other) => return Err(other),
             }
         }
         self.flush()?;
@@ -570,6 +573,9 @@ impl<'a> Reader<'a> {
     fn read_blocks(&mut self, path: &Path) -> std::result::Result<(), ReadError> {
         let paragraph = self.options.text_docs == TextDocs::Paragraph;
         // Pass 1: find invalid lines and the paragraphs they belong to.
+        if let Some(pb) = &self.progress {
+            pb.set_message(format!("checking {}", path.display()));
+        }
         let mut bad_blocks: Vec<u64> = Vec::new();
         {
             let mut r = self.open(path)?;
@@ -582,7 +588,8 @@ impl<'a> Reader<'a> {
                     break;
                 }
                 line_no += 1;
-                let valid = std::str::from_utf8(&buf).ok();
+                let line = if line_no == 1 { buf.strip_prefix(UTF8_BOM).unwrap_or(&buf) } else { &buf[..] };
+                let valid = std::str::from_utf8(line).ok();
                 let blank = paragraph && valid.is_some_and(|s| s.trim().is_empty());
                 if blank {
                     if in_block {
@@ -639,7 +646,11 @@ impl<'a> Reader<'a> {
             started |= b.current.len() < before + line.len();
             Ok(())
         });
-        result?;
+        match result {
+            // Part of the document is already written: it cannot be skipped any more.
+            Err(ReadError::Data(e)) if started => return Err(ReadError::Fatal(e)),
+            other => other?,
+        }
         if in_block || !paragraph {
             if bad.peek() == Some(&block) {
                 b.current.clear();
@@ -859,7 +870,7 @@ pub fn prepare_data_with(tokenizer: &TextTokenizer, options: &PrepareOptions) ->
         let (res, stats) = reader.join().expect("reader thread panicked");
         let read_result = match (res, encode_result) {
             (_, Err(e)) => Err(e),
-            (Err(ReadError::Data(e)), _) => Err(e),
+            (Err(ReadError::Data(e) | ReadError::Fatal(e)), _) => Err(e),
             (Err(ReadError::Hangup), Ok(_)) => Err(DataError::Invalid("internal error: reader stopped early".into())),
             (Ok(()), Ok(counts)) => Ok((counts, stats)),
         };

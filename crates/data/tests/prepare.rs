@@ -468,6 +468,15 @@ fn byte_order_mark_is_not_text() {
     prepare_data_with(&tok, &options(&[&t, &j], &dir.path().join("b"))).unwrap();
     let want: Vec<String> = ["first", "second", "third"].map(String::from).to_vec();
     assert_eq!(read_all(&dir.path().join("b")), expected(&tok, &want));
+    // A BOM alone on the first line is a blank line: paragraph numbering stays aligned when a
+    // later paragraph is skipped.
+    let t2 = dir.path().join("bom2.txt");
+    std::fs::write(&t2, b"\xEF\xBB\xBF\nfirst\n\nbad \xff\n\nlast\n").unwrap();
+    let o = PrepareOptions { on_error: OnError::Skip, ..options(&[&t2], &dir.path().join("c")) };
+    let s = prepare_data_with(&tok, &o).unwrap();
+    assert_eq!(s.skipped, 1);
+    let want: Vec<String> = ["first", "last"].map(String::from).to_vec();
+    assert_eq!(read_all(&dir.path().join("c")), expected(&tok, &want));
 }
 
 #[test]
