@@ -612,8 +612,9 @@ pub struct WrittenDataset {
 /// Memory stays constant whatever the size: tokens go straight to `PREFIX.bin`, sequence lengths
 /// straight into the `.idx` after a placeholder header, sequence pointers to a side file that is
 /// appended at the end. Everything is written under temporary names beside the targets; `finish`
-/// syncs, renames the `.bin`, then the `.idx` into place (a reader that finds the `.idx` finds a
-/// complete `.bin`). Dropping an unfinished writer deletes its temporary files.
+/// syncs, removes an existing `.idx` of the same prefix, then renames the `.bin` and finally the
+/// `.idx` into place: a reader that finds the `.idx` finds the `.bin` that goes with it. Dropping
+/// an unfinished writer deletes its temporary files.
 pub struct IndexedDatasetWriter {
     prefix: PathBuf,
     dtype: DType,
@@ -798,6 +799,12 @@ impl IndexedDatasetWriter {
 
         let bin_final = bin_path(&self.prefix);
         let idx_final = idx_path(&self.prefix);
+        // An old index goes first, so that no reader pairs it with the new data.
+        match std::fs::remove_file(&idx_final) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataError::io(&idx_final, e)),
+        }
         std::fs::rename(&self.bin_tmp, &bin_final).map_err(|e| DataError::io(&bin_final, e))?;
         std::fs::rename(&self.idx_tmp, &idx_final).map_err(|e| DataError::io(&idx_final, e))?;
         let _ = std::fs::remove_file(&self.ptr_tmp);

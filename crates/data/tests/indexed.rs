@@ -279,3 +279,15 @@ fn reads_files_written_by_the_independent_python_writer() {
         assert_eq!(std::fs::read(bin_path(&ours)).unwrap(), std::fs::read(bin_path(&prefix)).unwrap());
     }
 }
+
+#[test]
+fn rewriting_a_prefix_replaces_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("r");
+    write_dataset(&prefix, DType::U16, &[vec![1, 2, 3], vec![4]]).unwrap();
+    write_dataset(&prefix, DType::I32, &[vec![70_000]]).unwrap();
+    let ds = IndexedDataset::open(&prefix).unwrap();
+    assert_eq!(ds.dtype(), DType::I32);
+    assert_eq!(ds.document_u32(0).unwrap(), vec![70_000]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
