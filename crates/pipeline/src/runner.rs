@@ -44,7 +44,7 @@ pub struct RunOutcome {
 /// What one planned stage does.
 #[derive(Clone, Debug, Serialize)]
 enum Work {
-    Prepare(PrepareSpec),
+    Prepare(Box<PrepareSpec>),
     ScaleUp(UpSettings),
     ScaleOut(OutSettings),
     Baseline { budget: BaselineBudget, seed: u64 },
@@ -136,7 +136,7 @@ fn plan(file: &PipelineFile) -> Result<Vec<Planned>> {
                         ModelSpec::Init(_) => "random init (from scratch)".into(),
                         ModelSpec::From(path) => format!("from {}", path.display()),
                     },
-                    work: Work::Prepare(p.clone()),
+                    work: Work::Prepare(Box::new(p.clone())),
                     train: train(&p.train)?,
                     baseline_train: None,
                 });
