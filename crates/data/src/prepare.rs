@@ -4,7 +4,8 @@
 //!
 //! Each input is a file, a folder (searched recursively, sorted, hidden entries skipped; only files
 //! ending in `.txt`, `.text`, `.md`, `.jsonl` or `.ndjson` are taken: not `.json`, which in a folder
-//! is more often a config than JSONL) or a glob pattern (`data/*.json`, sorted). Files are read in the order given, so the output is reproducible.
+//! is more often a config than JSONL) or a glob pattern (`data/*.json`, sorted; `*` does not match
+//! a leading dot). Files are read in the order given, so the output is reproducible.
 //!
 //! With `--format auto` (the default) files ending in `.jsonl`, `.ndjson` or `.json` are JSONL and
 //! everything else is plain text.
@@ -29,7 +30,8 @@
 //! Invalid UTF-8, a bad JSON line, a missing/non-string key or an unreadable file are reported with
 //! file and line. With [`OnError::Abort`] (default) the run stops and nothing is published; with
 //! [`OnError::Skip`] the offending document is skipped (the whole file in `file` mode, the rest of
-//! the file when it cannot be read) and the run continues; the summary counts and lists them.
+//! the file when it cannot be read) and the run continues; the summary counts and lists them. A
+//! read error in the middle of a document that is already partly written stops the run either way.
 //!
 //! # Processing
 //!
