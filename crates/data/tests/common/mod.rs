@@ -4,15 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `../shared` beside the clone (test data nobody on the team wrote), if present.
+/// `../shared` beside the clone (test data nobody on the team wrote), if present; prints why not.
 pub fn shared_dir() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: shared test data not found at {} (tests needing it are skipped)", p.display());
-        None
-    }
+    escale_testkit::shared_dir()
 }
 
 /// A tokenizer folder under shared/testdata/tokenizers.
