@@ -87,19 +87,6 @@ pub struct TrainSummary {
     pub skipped_steps: u64,
 }
 
-/// Raises glibc's mmap/trim thresholds so the large activation buffers freed every step are
-/// reused instead of being returned to the OS and page-faulted in again (measured: part of a
-/// 1.6x CPU speed-up, docs/cpu-training-notes.md). Call once at start-up; harmless elsewhere.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        // 1 GiB: every training buffer stays on the heap; trim/top-pad keep freed memory mapped.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
 /// Everything set up and ready for the first (or resumed) step.
 struct Session {
     model: Model,
