@@ -164,7 +164,7 @@ fn build_config(a: Args) -> anyhow::Result<TrainConfig> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    escale_train::tune_allocator();
+    // The allocator is tuned once in main().
     let cfg = build_config(args)?;
     let total = cfg.total_steps()?;
     let bar = if cfg.progress_bar { ProgressBar::new(total) } else { ProgressBar::hidden() };
