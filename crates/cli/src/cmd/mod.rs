@@ -6,6 +6,7 @@ pub mod init;
 pub mod inspect;
 pub mod make_corpus;
 pub mod prepare_data;
+pub mod progress;
 pub mod run;
 pub mod scale_out;
 pub mod scale_up;

@@ -6,7 +6,6 @@ use anyhow::Context;
 use escale_formats::writer::{parse_size, WriterOptions};
 use escale_formats::DType;
 use escale_grow::scale_out::{upcycle, MoeFormat, RouterInit, ScaleOutOptions, UpcycleReport};
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -110,23 +109,10 @@ impl Args {
     }
 }
 
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} scale-out [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let options = args.options();
     let writer = WriterOptions { max_shard_bytes: args.max_shard_size, force: args.force };
-    let bar = progress_bar(args.quiet);
+    let bar = super::progress::bytes_bar("scale-out", args.quiet);
     let report = upcycle(&args.source, &args.output, &options, &writer, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);

@@ -9,7 +9,6 @@ use escale_grow::scale_up::{
     execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
     ScaleUpPlan, ScaleUpReport, Target, TargetDims,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -194,19 +193,6 @@ impl Args {
     }
 }
 
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} scale-up [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.dry_run {
         check_output(&args.output, args.force)?;
@@ -220,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let exec = ExecOptions { max_shard_bytes: args.max_shard_size, force: args.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
-    let bar = progress_bar(args.quiet);
+    let bar = super::progress::bytes_bar("scale-up", args.quiet);
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
