@@ -144,16 +144,7 @@ fn plan(file: &PipelineFile) -> Result<Vec<Planned>> {
             }
             StageSpec::ScaleUp(s) => {
                 let source = resolve_from(&s.from, &previous, &sweeps, &at)?;
-                let settings = UpSettings {
-                    method: s.method,
-                    preset: s.preset,
-                    depth: s.depth,
-                    seed: seed(s.seed),
-                    hidden_size: s.target.hidden_size,
-                    intermediate_size: s.target.intermediate_size,
-                    num_attention_heads: s.target.num_attention_heads,
-                    num_hidden_layers: s.target.num_hidden_layers,
-                };
+                let settings = up_settings(s.method, s.preset, s.depth, seed(s.seed), &s.target);
                 out.push(Planned {
                     name: s.name.clone(),
                     kind: StageKind::ScaleUp,
@@ -169,16 +160,7 @@ fn plan(file: &PipelineFile) -> Result<Vec<Planned>> {
             StageSpec::Sweep(s) => {
                 let source = resolve_from(&s.from, &previous, &sweeps, &at)?;
                 for v in &s.variants {
-                    let settings = UpSettings {
-                        method: v.method,
-                        preset: v.preset,
-                        depth: v.depth,
-                        seed: seed(s.seed),
-                        hidden_size: s.target.hidden_size,
-                        intermediate_size: s.target.intermediate_size,
-                        num_attention_heads: s.target.num_attention_heads,
-                        num_hidden_layers: s.target.num_hidden_layers,
-                    };
+                    let settings = up_settings(v.method, v.preset, v.depth, seed(s.seed), &s.target);
                     out.push(Planned {
                         name: variant_name(&s.name, v),
                         kind: StageKind::ScaleUp,
@@ -863,5 +845,25 @@ stages:
         let p = dir.path().join("tokenizer.json");
         std::fs::write(&p, r#"{"model": {"vocab": {"a": 0, "b": 7}}, "added_tokens": [{"id": 9, "content": "<eos>"}]}"#).unwrap();
         assert_eq!(vocab_size(&p).unwrap(), 10);
+    }
+}
+
+/// Scale-up settings from a stage's (or sweep variant's) method and the shared target sizes.
+fn up_settings(
+    method: crate::schema::UpMethod,
+    preset: crate::schema::UpPreset,
+    depth: Option<crate::schema::UpDepth>,
+    seed: u64,
+    target: &crate::schema::TargetSpec,
+) -> UpSettings {
+    UpSettings {
+        method,
+        preset,
+        depth,
+        seed,
+        hidden_size: target.hidden_size,
+        intermediate_size: target.intermediate_size,
+        num_attention_heads: target.num_attention_heads,
+        num_hidden_layers: target.num_hidden_layers,
     }
 }
