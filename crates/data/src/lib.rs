@@ -48,7 +48,6 @@
 //!   `GPTDataset`), seeded per-epoch shuffles, exact resume from a [`SamplerState`].
 //! * [`corpus`]: the seeded bilingual world and its documents.
 //! * [`bpe`]: byte-level BPE training.
-//! * [`rng`]: the frozen SplitMix64 behind every seeded choice.
 //!
 //! Errors are [`DataError`]s that name the file (and line) at fault.
 
@@ -57,7 +56,6 @@ pub mod corpus;
 pub mod error;
 pub mod indexed;
 pub mod prepare;
-pub mod rng;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::indexed::{DType, IndexedDatasetWriter, WrittenDataset};
-use crate::rng::mix64;
+use escale_util::rng::mix64;
 use crate::tokenizer::{SpecialToken, TextTokenizer};
 
 /// How an input file is parsed.

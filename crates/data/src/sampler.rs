@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::indexed::IndexedDataset;
-use crate::rng::SplitMix64;
+use escale_util::rng::SplitMix64;
 
 /// Where a sampler stands: `index` windows of epoch `epoch` have been served (`0 <= index <
 /// samples_per_epoch`). Serialise it into checkpoints; it is all a resume needs besides the config.

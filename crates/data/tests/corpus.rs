@@ -6,16 +6,6 @@ fn opts(size: u64, seed: u64) -> CorpusOptions {
     CorpusOptions { size_bytes: size, seed, ..Default::default() }
 }
 
-/// FNV-1a, 64 bit: a fixed hash for the golden check.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 fn is_cjk(c: char) -> bool {
     ('\u{4E00}'..='\u{9FFF}').contains(&c)
 }
@@ -38,7 +28,7 @@ fn golden_hash_is_frozen() {
     // The corpus of seed 1 must never change silently: demos, benchmarks and cached datasets
     // depend on it. Change this value only together with a deliberate, announced format change.
     let (text, _) = corpus_text(&opts(50_000, 1)).unwrap();
-    let h = fnv1a(text.as_bytes());
+    let h = escale_util::hash::fnv1a(text.as_bytes());
     assert_eq!(h, GOLDEN, "corpus of seed 1 changed: {h:#018x}");
 }
 const GOLDEN: u64 = 0x8729_7e5a_818c_fa0a;

@@ -30,3 +30,14 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Limits escale's CPU work to `threads` cores (none: all of them). The one place that sets
+/// `RAYON_NUM_THREADS`: candle reads it on every call, and rayon's global pool on first use, so
+/// call this before any tensor work.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // Only ever called from the main thread at start-up, before worker threads read the
+        // environment.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

@@ -312,9 +312,7 @@ impl Engine for Escale {
     }
 
     fn evaluate(&self, model: &Path, valid: &Path, seq_len: usize, tokens: u64) -> Result<f64> {
-        if let Some(n) = self.threads {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
+        escale_model::set_threads(self.threads);
         let m = escale_model::Model::load_dir(model, &candle_core::Device::Cpu, candle_core::DType::F32)
             .with_context(|| format!("loading {}", model.display()))?;
         let data = std::sync::Arc::new(

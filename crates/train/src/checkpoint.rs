@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::fnv1a;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamWConfig;
 use crate::schedule::LrSchedule;
@@ -55,7 +54,7 @@ pub fn model_fingerprint(cfg: &escale_formats::ModelConfig) -> String {
         s.push_str(&escale_formats::hf_name(cfg.model_type, param));
         s.push_str(&format!("{shape:?};"));
     }
-    format!("{:016x}", fnv1a(s.as_bytes()))
+    escale_util::hash::fnv1a_hex(s.as_bytes())
 }
 
 pub fn checkpoints_root(output: &Path) -> PathBuf {

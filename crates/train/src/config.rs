@@ -244,19 +244,10 @@ impl TrainConfig {
         c.stop_after_step = None;
         c.progress_bar = false;
         c.max_nonfinite_steps = 1;
-        format!("{:016x}", fnv1a(serde_json::to_string(&c).expect("config serialises").as_bytes()))
+        escale_util::hash::fnv1a_hex(serde_json::to_string(&c).expect("config serialises").as_bytes())
     }
 }
 
-/// 64-bit FNV-1a: a stable (toolchain-independent) hash for fingerprints stored on disk.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 #[cfg(test)]
 mod tests {

@@ -102,10 +102,7 @@ struct Session {
 /// latest complete checkpoint in `cfg.output` and reproduces the uninterrupted run exactly.
 pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
     cfg.validate()?;
-    if let Some(n) = cfg.threads {
-        // candle reads RAYON_NUM_THREADS on every call; the rayon pool on first use.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    escale_model::set_threads(cfg.threads);
     let base = Checkpoint::open(&cfg.model)?;
     check_fits_model(cfg, &base.config)?;
     let mut s = setup(cfg, &base.config)?;

@@ -42,7 +42,7 @@ pub use render::{Document, Lang};
 pub use world::World;
 
 use crate::error::{DataError, Result};
-use crate::rng::SplitMix64;
+use escale_util::rng::SplitMix64;
 
 /// Options of the corpus generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 
 use super::lexicon::*;
 use super::world::{Person, World};
-use crate::rng::SplitMix64;
+use escale_util::rng::SplitMix64;
 
 /// Language of a document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

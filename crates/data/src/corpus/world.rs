@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::lexicon::*;
-use crate::rng::SplitMix64;
+use escale_util::rng::SplitMix64;
 
 /// A name as syllable indices into `OPEN_SYLLABLES ++ CLOSED_SYLLABLES`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

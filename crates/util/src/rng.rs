@@ -1,18 +1,14 @@
-//! A tiny, frozen pseudo-random generator (SplitMix64).
+//! A tiny, frozen pseudo-random generator (SplitMix64) and seed derivation.
 //!
-//! Why not `rand`: the synthetic corpus must be byte-identical for a seed forever, and the sampler's
-//! shuffles must replay exactly on resume, across escale versions and dependency upgrades. `rand`
-//! documents that its `StdRng`/`SmallRng` streams may change between releases, so escale carries its
-//! own ten-line generator whose output is fixed by this file alone. SplitMix64 (Steele, Lea and
-//! Flood, 2014) passes BigCrush, needs one u64 of state and can be keyed by simply mixing the seed.
+//! Why not `rand` alone: the synthetic corpus must be byte-identical for a seed forever, and
+//! shuffles and growth noise must replay exactly on resume, across escale versions and dependency
+//! upgrades. `rand` documents that its `StdRng`/`SmallRng` streams may change between releases, so
+//! escale carries its own ten-line generator whose output is fixed by this file alone. SplitMix64
+//! (Steele, Lea and Flood, 2014) passes BigCrush, needs one u64 of state and is keyed by mixing.
+//! Code that needs `rand`'s distributions seeds a `StdRng` from [`derive_seed`].
 
-/// SplitMix64. Not for cryptography.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The golden-ratio increment of SplitMix64.
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The SplitMix64 output function: a good 64-bit mixer on its own (used to hash indices).
 #[inline]
@@ -20,6 +16,26 @@ pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// One SplitMix64 step as a pure function (increment, then mix): spreads nearby inputs
+/// (layer 3 vs layer 4) over the whole 64-bit range. `splitmix64(s)` is the first output of a
+/// generator seeded with `s`.
+#[inline]
+pub fn splitmix64(z: u64) -> u64 {
+    mix64(z.wrapping_add(GOLDEN))
+}
+
+/// A seed for one purpose, derived from a user seed and a path of integers (a stream tag, a
+/// layer, an expert, ...). Different paths give independent seeds; the result is frozen.
+pub fn derive_seed(seed: u64, path: &[u64]) -> u64 {
+    path.iter().fold(splitmix64(seed), |h, &v| splitmix64(h ^ v))
+}
+
+/// SplitMix64. Not for cryptography.
+#[derive(Clone, Debug)]
+pub struct SplitMix64 {
+    state: u64,
 }
 
 impl SplitMix64 {
@@ -88,6 +104,16 @@ mod tests {
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(r.next_u64(), 0x06C4_5D18_8009_454F);
+        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn derived_seeds_differ_by_path() {
+        let a = derive_seed(7, &[1, 3]);
+        assert_ne!(a, derive_seed(7, &[1, 4]));
+        assert_ne!(a, derive_seed(7, &[3, 1]));
+        assert_ne!(a, derive_seed(8, &[1, 3]));
+        assert_eq!(a, derive_seed(7, &[1, 3]));
     }
 
     #[test]
@@ -95,8 +121,7 @@ mod tests {
         let mut r = SplitMix64::new(7);
         let mut seen = [false; 10];
         for _ in 0..1000 {
-            let v = r.below(10);
-            seen[v] = true;
+            seen[r.below(10)] = true;
         }
         assert!(seen.iter().all(|&s| s));
     }

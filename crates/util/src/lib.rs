@@ -1,0 +1,14 @@
+//! The helpers every escale crate needs and none owns: each is defined here once.
+//!
+//! - [`rng`]: the frozen SplitMix64 generator and seed derivation (streams that never change
+//!   between escale versions, so corpora, shuffles and growth noise replay exactly);
+//! - [`hash`]: 64-bit FNV-1a, the stable hash behind fingerprints stored on disk;
+//! - [`pages`]: page-cache hints for memory-mapped sources (read-ahead, release after last use);
+//! - [`publish`]: temporary names and atomic, durable publishing of files and folders.
+//!
+//! This crate sits below every other escale crate and depends on nothing of theirs.
+
+pub mod hash;
+pub mod pages;
+pub mod publish;
+pub mod rng;
