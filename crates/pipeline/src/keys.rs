@@ -73,18 +73,7 @@ fn prepare_inputs(p: &PrepareSpec, abs: &dyn Fn(&Path) -> PathBuf) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const FILE: &str = r#"
-train: {seq_len: 32}
-stages:
-  - prepare:
-      name: base
-      corpus: {builtin: {size_mb: 0.1}}
-      tokenizer: {train: {vocab_size: 300}}
-      model: {init: {config: {hidden_size: 32}}}
-      train: {total_tokens: 6400}
-  - scale_up: {name: up, target: {hidden_size: 64}, train: {total_tokens: 3200}}
-"#;
+    use crate::plan::tests::FILE;
 
     fn keys(text: &str) -> Vec<String> {
         let file = PipelineFile::parse(text, "p.yaml").unwrap();
@@ -99,7 +88,7 @@ stages:
     fn a_key_changes_with_the_settings_of_the_stage_and_of_its_sources() {
         let k = keys(FILE);
         assert_eq!(k, keys(FILE), "keys are stable");
-        let stage_lr = keys(&FILE.replace("{total_tokens: 3200}", "{total_tokens: 3200, lr: 0.01}"));
+        let stage_lr = keys(&FILE.replace("train: {total_tokens: 3200}\n", "train: {total_tokens: 3200, lr: 0.01}\n"));
         assert_eq!(stage_lr[0], k[0]);
         assert_ne!(stage_lr[1], k[1]);
         let base_tokens = keys(&FILE.replace("{total_tokens: 6400}", "{total_tokens: 640}"));

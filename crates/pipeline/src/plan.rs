@@ -300,10 +300,10 @@ fn up_description(s: &UpSettings) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const FILE: &str = r#"
+    pub(crate) const FILE: &str = r#"
 seed: 5
 train: {seq_len: 32, micro_batch: 2}
 stages:

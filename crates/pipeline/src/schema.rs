@@ -3,6 +3,10 @@
 //! Every struct denies unknown fields and every choice is a closed enum, so a typo is an error that
 //! names the YAML path of the bad key (`stages[2].scale_up.method: unknown variant ...`) instead of
 //! a silently ignored setting discovered after hours of training.
+//!
+//! The file declares no settings of its own for work other crates do: growth choices are
+//! escale-grow's option enums (with their serde names and defaults), and `train:` blocks are the
+//! trainer's config keys ([`TrainBlock`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
