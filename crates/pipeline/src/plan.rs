@@ -372,4 +372,12 @@ stages:
         let cfg = resolve_train(&b.train.clone().with("total_tokens", 640), &file, 3, "stages[3].baseline").unwrap();
         assert_eq!((cfg.lr, cfg.seq_len, cfg.seed), (0.01, 32, 8));
     }
+
+    #[test]
+    fn the_example_pipeline_plans() {
+        let text = include_str!("../../../examples/own-checkpoint.yaml");
+        let file = PipelineFile::parse(text, "own-checkpoint.yaml").unwrap();
+        let names: Vec<String> = plan(&file).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["source", "up-aki-pro", "up-exact", "moe", "moe-scratch"]);
+    }
 }
