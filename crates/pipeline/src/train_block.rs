@@ -112,6 +112,15 @@ mod tests {
     }
 
     #[test]
+    fn a_block_reads_like_an_escale_train_config_file() {
+        let yaml = "{total_tokens: 4096, warmup_steps: 5, clip: 0.5, schedule: wsd, moe_loss_convention: hf}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        assert_eq!(block(yaml).config("train").unwrap(), TrainConfig::from_yaml_file(&path).unwrap());
+    }
+
+    #[test]
     fn old_keys_name_the_new_key_and_the_yaml_path() {
         for (old, new) in RENAMED {
             let e = block(&format!("{{{old}: 1}}")).check("stages[1].sweep.train").unwrap_err();
