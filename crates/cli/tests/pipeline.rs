@@ -96,7 +96,7 @@ fn tiny_pipeline(dir: &Path) -> PathBuf {
 name: tiny
 seed: 3
 eval: {tokens: 2048, seq_len: 64}
-train: {seq_len: 64, micro_batch: 4, lr: 0.003, warmup: 2, save_interval: 5, eval_interval: 10}
+train: {seq_len: 64, micro_batch: 4, lr: 0.003, warmup_steps: 2, save_interval: 5, eval_interval: 10}
 stages:
   - prepare:
       name: base
@@ -104,14 +104,14 @@ stages:
       tokenizer: {train: {vocab_size: 320}}
       model: {init: {config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
                               num_attention_heads: 2, num_key_value_heads: 1}}}
-      train: {tokens: 10240}
+      train: {total_tokens: 10240}
   - scale_up:
       name: up
       method: fpi
       preset: fpi
       depth: interpolate-identity
       target: {hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 3}
-      train: {tokens: 20480}
+      train: {total_tokens: 20480}
 "#;
     let path = dir.join("tiny.yaml");
     std::fs::write(&path, yaml).unwrap();

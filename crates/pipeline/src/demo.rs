@@ -35,7 +35,7 @@ pub fn demo_yaml(quick: bool) -> String {
 name: escale demo{quick}
 seed: 1
 eval: {{tokens: {eval_tokens}, seq_len: 128}}
-train: {{seq_len: 128, micro_batch: 8, lr: 0.002, min_lr: 0.0002, warmup: 10, weight_decay: 0.01}}
+train: {{seq_len: 128, micro_batch: 8, lr: 0.002, min_lr: 0.0002, warmup_steps: 10, weight_decay: 0.01}}
 stages:
   - prepare:
       name: base
@@ -45,14 +45,14 @@ stages:
         init:
           config: {{hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4,
                    num_key_value_heads: 2, max_position_embeddings: 512}}
-      train: {{tokens: {base_tokens}, lr: 0.003}}
+      train: {{total_tokens: {base_tokens}, lr: 0.003}}
   - sweep:
       name: up
       target: {{hidden_size: 128, intermediate_size: 352, num_attention_heads: 8, num_hidden_layers: 4}}
       variants:
         - {{name: up-aki-pro, method: aki-pro, preset: fpi}}
         - {{name: up-exact, method: fpi, preset: fpi, depth: interpolate-identity}}
-      train: {{tokens: {up_tokens}, lr: 0.001, warmup: 5}}
+      train: {{total_tokens: {up_tokens}, lr: 0.001, warmup_steps: 5}}
   - scale_out:
       name: moe
       from: up-exact
@@ -60,9 +60,9 @@ stages:
       top_k: 2
       router_init: normal
       router_std: 0.02
-      train: {{tokens: {moe_tokens}, lr: 0.001, warmup: 5}}
-  - baseline: {{name: up-scratch, of: up-exact, train: {{lr: 0.003, warmup: 10}}}}
-  - baseline: {{name: moe-scratch, of: moe, train: {{lr: 0.003, warmup: 10}}}}
+      train: {{total_tokens: {moe_tokens}, lr: 0.001, warmup_steps: 5}}
+  - baseline: {{name: up-scratch, of: up-exact, train: {{lr: 0.003, warmup_steps: 10}}}}
+  - baseline: {{name: moe-scratch, of: moe, train: {{lr: 0.003, warmup_steps: 10}}}}
 "#,
         quick = if quick { " (quick)" } else { "" },
         eval_tokens = s.eval_tokens,

@@ -1,26 +1,44 @@
 //! escale-pipeline: the EfficientScale method end to end.
 //!
-//! A pipeline file ([`schema`]) names stages (prepare, scale_up, sweep, scale_out, baseline) that
-//! run in order, each in its own folder of the run directory with a manifest ([`manifest`]) that
-//! lets a re-run skip finished stages and resume an interrupted training. At every transition the
+//! A pipeline file ([`schema`]; its `train:` blocks are the trainer's config, [`train_block`])
+//! names stages (prepare, scale_up, sweep, scale_out, baseline). [`plan`] turns it into the
+//! ordered list of stages with their resolved settings, without running anything; [`runner`] runs
+//! them in order ([`stages`], one module per kind), each in its own folder of the run directory
+//! with a manifest ([`manifest`]) whose key ([`keys`]) lets a re-run skip finished stages and
+//! resume an interrupted training. Progress is reported as [`events::PipelineEvent`]s. At every transition the
 //! source's final validation loss and the grown model's initial one are measured with the same
 //! evaluation, and the run ends with a report ([`report`], [`plot`]): report.md, summary.json and
 //! the loss-vs-FLOPs figure.
 
 pub mod schema;
+pub mod train_block;
+pub mod plan;
+pub mod keys;
+pub mod flops;
+pub mod events;
 pub mod manifest;
 pub mod metrics;
 pub mod plot;
 pub mod report;
 pub mod engine;
+pub mod stages;
 pub mod runner;
 pub mod demo;
+
+pub use events::PipelineEvent;
 
 use std::path::{Path, PathBuf};
 
 /// Runs a pipeline file with the real engine. `output` overrides the file's `run_dir`; without
 /// either, the run goes to `runs/<file stem>` beside the file.
-pub fn run_file(path: &Path, output: Option<&Path>, threads: Option<usize>, progress: bool) -> anyhow::Result<runner::RunOutcome> {
+/// Progress is reported through `on_event`.
+pub fn run_file(
+    path: &Path,
+    output: Option<&Path>,
+    threads: Option<usize>,
+    progress: bool,
+    on_event: events::OnEvent,
+) -> anyhow::Result<runner::RunOutcome> {
     let file = schema::PipelineFile::load(path)?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
@@ -32,18 +50,19 @@ pub fn run_file(path: &Path, output: Option<&Path>, threads: Option<usize>, prog
             base_dir.join("runs").join(stem)
         }
     };
-    run(&file, &base_dir, &run_dir, threads, progress)
+    run(&file, &base_dir, &run_dir, threads, progress, on_event)
 }
 
-/// Runs a parsed pipeline with the real engine into `run_dir`.
+/// Runs a parsed pipeline with the real engine into `run_dir`, reporting through `on_event`.
 pub fn run(
     file: &schema::PipelineFile,
     base_dir: &Path,
     run_dir: &Path,
     threads: Option<usize>,
     progress: bool,
+    on_event: events::OnEvent,
 ) -> anyhow::Result<runner::RunOutcome> {
     let engine = engine::Escale { threads };
     let opts = runner::RunOptions { run_dir: run_dir.to_path_buf(), base_dir: base_dir.to_path_buf(), progress };
-    runner::Runner::new(file, &opts, &engine).run()
+    runner::run(file, &opts, &engine, on_event)
 }

@@ -154,15 +154,10 @@ pub fn fingerprint_model(dir: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename), so an
+/// Writes `bytes` to `path` atomically (escale-util's temporary file then rename), so an
 /// interrupted run never leaves a half-written manifest or report that a re-run would trust.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    escale_util::publish::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Why a stage cannot be skipped.
@@ -205,7 +200,7 @@ pub fn write_record(stage_dir: &Path, record: &StageRecord) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn record(name: &str, model_dir: &str) -> StageRecord {

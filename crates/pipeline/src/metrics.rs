@@ -2,13 +2,16 @@
 //!
 //! The trainer counts FLOPs from zero in every run; the pipeline shifts each stage's curve by the
 //! cumulative FLOPs of the chain it grew from, so all stages share one loss-vs-FLOPs axis (the
-//! paper's figure). Parsing is tolerant of extra fields so the log can grow without breaking the
-//! report, but strict about the fields the report needs.
+//! paper's figure). The logs are read through the trainer's own record types
+//! ([`StepRecord`], [`EvalRecord`]), so the two crates cannot disagree on a key name.
 
 use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use escale_train::{EvalRecord, StepRecord};
 use serde::{Deserialize, Serialize};
 
 /// One measured loss.
@@ -64,29 +67,45 @@ impl Curve {
     }
 }
 
-/// Keys the trainer may use for each quantity (first match wins).
-const STEP_KEYS: &[&str] = &["step"];
-const TOKENS_KEYS: &[&str] = &["tokens", "tokens_seen", "consumed_tokens"];
-const FLOPS_KEYS: &[&str] = &["flops", "cumulative_flops", "total_flops"];
-const TRAIN_LOSS_KEYS: &[&str] = &["loss", "lm_loss", "train_loss"];
-const VALID_LOSS_KEYS: &[&str] = &["val_loss", "valid_loss", "eval_loss", "loss"];
-
-fn field<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, keys: &[&str]) -> Option<&'a serde_json::Value> {
-    keys.iter().find_map(|k| obj.get(*k))
+/// A line of one of the trainer's logs, reduced to a point of the curve.
+pub trait LogRecord: serde::de::DeserializeOwned {
+    /// What the line is, for error messages.
+    const WHAT: &'static str;
+    fn step(&self) -> u64;
+    fn point(&self) -> Point;
 }
 
-/// Reads one JSONL log into points. `valid` selects the validation keys. Lines without a loss
-/// (e.g. a run header) are skipped; a line that is not JSON is an error naming the line, except a
-/// truncated last line, which a killed run can leave and which is ignored.
-pub fn read_log(path: &Path, valid: bool) -> Result<Vec<Point>> {
+impl LogRecord for StepRecord {
+    const WHAT: &'static str = "training step";
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn point(&self) -> Point {
+        Point { flops: self.flops, tokens: self.tokens, loss: self.loss }
+    }
+}
+
+impl LogRecord for EvalRecord {
+    const WHAT: &'static str = "evaluation";
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn point(&self) -> Point {
+        Point { flops: self.flops, tokens: self.tokens, loss: self.val_loss }
+    }
+}
+
+/// Reads one of the trainer's JSONL logs into points, ordered by FLOPs. A line that is not a
+/// record is an error naming the line, except a truncated last line, which a killed run can leave
+/// and which is ignored.
+pub fn read_log<R: LogRecord>(path: &Path) -> Result<Vec<Point>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let lines: Vec<String> = std::io::BufReader::new(file)
         .lines()
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("reading {}", path.display()))?;
-    let loss_keys = if valid { VALID_LOSS_KEYS } else { TRAIN_LOSS_KEYS };
-    let mut out = Vec::new();
-    let mut by_step: std::collections::BTreeMap<u64, usize> = Default::default();
+    // A resumed run logs the steps after its checkpoint again: the later line wins.
+    let mut by_step: BTreeMap<u64, Point> = BTreeMap::new();
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -96,34 +115,30 @@ pub fn read_log(path: &Path, valid: bool) -> Result<Vec<Point>> {
             Err(_) if i + 1 == lines.len() => break,
             Err(e) => bail!("{}:{}: not a JSON object: {e}", path.display(), i + 1),
         };
-        let Some(obj) = value.as_object() else { bail!("{}:{}: not a JSON object", path.display(), i + 1) };
-        let Some(loss) = field(obj, loss_keys).and_then(|v| v.as_f64()) else { continue };
-        let flops = field(obj, FLOPS_KEYS)
-            .and_then(|v| v.as_f64())
-            .with_context(|| format!("{}:{}: no cumulative FLOPs field ({})", path.display(), i + 1, FLOPS_KEYS.join("/")))?;
-        let tokens = field(obj, TOKENS_KEYS).and_then(|v| v.as_u64()).unwrap_or(0);
-        let point = Point { flops, tokens, loss };
-        // A resumed run logs the steps after its checkpoint again: the later line wins.
-        match field(obj, STEP_KEYS).and_then(|v| v.as_u64()) {
-            Some(step) => match by_step.get(&step) {
-                Some(&idx) => out[idx] = point,
-                None => {
-                    by_step.insert(step, out.len());
-                    out.push(point);
-                }
-            },
-            None => out.push(point),
-        }
+        let record: R = serde_json::from_value(value)
+            .map_err(|e| anyhow!("{}:{}: not a {} record: {}", path.display(), i + 1, R::WHAT, describe(&e)))?;
+        by_step.insert(record.step(), record.point());
     }
+    let mut out: Vec<Point> = by_step.into_values().collect();
     out.sort_by(|a, b| a.flops.total_cmp(&b.flops));
     Ok(out)
 }
 
+/// serde's message, with the one field the curve cannot do without named for what it is.
+fn describe(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.starts_with("missing field `flops`") {
+        format!("no cumulative FLOPs field ({msg})")
+    } else {
+        msg
+    }
+}
+
 /// Reads the training log and, when present, the evaluation log of one training run.
 pub fn read_curve(train_log: &Path, eval_log: Option<&Path>) -> Result<Curve> {
-    let train = read_log(train_log, false)?;
+    let train = read_log::<StepRecord>(train_log)?;
     let valid = match eval_log {
-        Some(p) if p.exists() => read_log(p, true)?,
+        Some(p) if p.exists() => read_log::<EvalRecord>(p)?,
         _ => Vec::new(),
     };
     Ok(Curve { train, valid })
@@ -132,6 +147,24 @@ pub fn read_curve(train_log: &Path, eval_log: Option<&Path>) -> Result<Curve> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A training-log line as the trainer writes it.
+    fn step_line(step: u64, tokens: u64, loss: f64, flops: f64) -> String {
+        let r = StepRecord {
+            step,
+            tokens,
+            loss,
+            lr: 0.001,
+            grad_norm: 1.0,
+            tokens_per_s: 1.0,
+            flops,
+            aux_loss: None,
+            z_loss: None,
+            expert_load: None,
+            skipped: false,
+        };
+        serde_json::to_string(&r).unwrap() + "\n"
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         let p = dir.join(name);
@@ -145,13 +178,13 @@ mod tests {
         let train = write(
             dir.path(),
             "train.jsonl",
-            concat!(
-                "{\"event\":\"start\"}\n",
-                "{\"step\":1,\"tokens\":100,\"loss\":5.0,\"lr\":0.001,\"flops\":1e9}\n",
-                "{\"step\":2,\"tokens\":200,\"loss\":4.0,\"flops\":2e9}\n",
-                "{\"step\":2,\"tokens\":200,\"loss\":4.5,\"flops\":2e9}\n",
-                "{\"step\":3,\"tokens\":300,\"loss\":3.0,\"flo"
-            ),
+            &[
+                step_line(1, 100, 5.0, 1e9),
+                step_line(2, 200, 4.0, 2e9),
+                step_line(2, 200, 4.5, 2e9),
+                "{\"step\":3,\"tokens\":300,\"loss\":3.0,\"flo".to_string(),
+            ]
+            .concat(),
         );
         let eval = write(dir.path(), "eval.jsonl", "{\"step\":2,\"tokens\":200,\"val_loss\":4.2,\"flops\":2e9}\n");
         let c = read_curve(&train, Some(&eval)).unwrap();
@@ -166,11 +199,11 @@ mod tests {
     #[test]
     fn bad_lines_are_errors_with_the_line_number() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "t.jsonl", "{\"step\":1,\"loss\":1.0,\"flops\":1}\nnot json\n{\"step\":2}\n");
-        let e = read_log(&p, false).unwrap_err().to_string();
+        let p = write(dir.path(), "t.jsonl", &(step_line(1, 0, 1.0, 1.0) + "not json\n{\"step\":2}\n"));
+        let e = read_log::<StepRecord>(&p).unwrap_err().to_string();
         assert!(e.ends_with(":2: not a JSON object: expected ident at line 1 column 2"), "{e}");
-        let p = write(dir.path(), "u.jsonl", "{\"step\":1,\"loss\":1.0}\n");
-        assert!(read_log(&p, false).unwrap_err().to_string().contains("no cumulative FLOPs field"));
+        let p = write(dir.path(), "u.jsonl", "{\"step\":1,\"tokens\":0,\"val_loss\":1.0}\n");
+        assert!(read_log::<EvalRecord>(&p).unwrap_err().to_string().contains("no cumulative FLOPs field"));
     }
 
     #[test]

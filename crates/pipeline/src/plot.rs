@@ -64,15 +64,16 @@ pub fn write_figures(records: &[StageRecord], title: &str, png: &Path, svg: &Pat
     write_atomic(svg, svg_text.as_bytes())?;
 
     // plotters encodes the PNG itself (through `image`, which picks the format from the file
-    // extension): draw into a temporary `.png` beside the target, then rename it into place.
-    let name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = png.with_file_name(format!(".tmp{}-{name}", std::process::id()));
+    // extension): draw into escale's temporary name plus `.png` beside the target, then commit it.
+    let mut tmp = escale_util::publish::temp_path(png, "tmp")?.into_os_string();
+    tmp.push(".png");
+    let tmp = std::path::PathBuf::from(tmp);
     {
         let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
         draw(&root, records, title)?;
         root.present().map_err(|e| anyhow!("rendering {}: {e}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, png).with_context(|| format!("writing {}", png.display()))?;
+    escale_util::publish::commit_file(&tmp, png).with_context(|| format!("writing {}", png.display()))?;
     Ok(())
 }
 

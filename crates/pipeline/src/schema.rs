@@ -3,11 +3,19 @@
 //! Every struct denies unknown fields and every choice is a closed enum, so a typo is an error that
 //! names the YAML path of the bad key (`stages[2].scale_up.method: unknown variant ...`) instead of
 //! a silently ignored setting discovered after hours of training.
+//!
+//! The file declares no settings of its own for work other crates do: growth choices are
+//! escale-grow's option enums (with their serde names and defaults), and `train:` blocks are the
+//! trainer's config keys ([`TrainBlock`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use escale_grow::scale_out::{MoeFormat, RouterInit, ScaleOutOptions};
+use escale_grow::scale_up::{DepthMethod, Method, Preset, ScaleUpOptions};
 use serde::{Deserialize, Serialize};
+
+pub use crate::train_block::TrainBlock;
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -25,9 +33,9 @@ pub struct PipelineFile {
     /// Held-out evaluation used at every transition.
     #[serde(default)]
     pub eval: EvalSpec,
-    /// Training defaults; each stage's `train` overrides them field by field.
+    /// Training defaults (the trainer's config keys); each stage's `train` overrides them key by key.
     #[serde(default)]
-    pub train: TrainSpec,
+    pub train: TrainBlock,
     pub stages: Vec<StageSpec>,
 }
 
@@ -50,72 +58,6 @@ fn default_eval_tokens() -> u64 {
 impl Default for EvalSpec {
     fn default() -> Self {
         EvalSpec { tokens: default_eval_tokens(), seq_len: None }
-    }
-}
-
-/// Learning-rate schedules the trainer offers.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    Cosine,
-    Linear,
-    Constant,
-    Wsd,
-}
-
-/// Load-balancing loss conventions (see the trainer).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum MoeLossConvention {
-    Megatron,
-    Hf,
-}
-
-/// Training settings; every field optional so that stage values can override the file's defaults.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSpec {
-    /// Tokens to train on in this stage (the budget).
-    pub tokens: Option<u64>,
-    pub seq_len: Option<usize>,
-    pub micro_batch: Option<usize>,
-    pub grad_accum: Option<usize>,
-    pub lr: Option<f64>,
-    pub min_lr: Option<f64>,
-    /// Warm-up steps.
-    pub warmup: Option<u64>,
-    pub schedule: Option<Schedule>,
-    pub weight_decay: Option<f64>,
-    pub beta1: Option<f64>,
-    pub beta2: Option<f64>,
-    pub grad_clip: Option<f64>,
-    /// Steps between validation evaluations (0: only at the end).
-    pub eval_interval: Option<u64>,
-    /// Validation tokens per in-training evaluation.
-    pub eval_tokens: Option<u64>,
-    /// Steps between checkpoints (what an interrupted run resumes from).
-    pub save_interval: Option<u64>,
-    /// Checkpoints kept.
-    pub keep_checkpoints: Option<usize>,
-    pub seed: Option<u64>,
-    /// MoE load-balancing loss coefficient.
-    pub aux_loss_coef: Option<f64>,
-    /// MoE router z-loss coefficient.
-    pub z_loss_coef: Option<f64>,
-    pub moe_loss: Option<MoeLossConvention>,
-}
-
-impl TrainSpec {
-    /// `self` with every unset field taken from `defaults`.
-    pub fn over(&self, defaults: &TrainSpec) -> TrainSpec {
-        macro_rules! pick {
-            ($($f:ident),*) => { TrainSpec { $($f: self.$f.clone().or(defaults.$f.clone())),* } };
-        }
-        pick!(
-            tokens, seq_len, micro_batch, grad_accum, lr, min_lr, warmup, schedule, weight_decay, beta1, beta2,
-            grad_clip, eval_interval, eval_tokens, save_interval, keep_checkpoints, seed, aux_loss_coef,
-            z_loss_coef, moe_loss
-        )
     }
 }
 
@@ -215,40 +157,11 @@ pub struct PrepareSpec {
     pub model: ModelSpec,
     /// Train the starting model (needed for `init`; optional for `from`).
     #[serde(default)]
-    pub train: Option<TrainSpec>,
+    pub train: Option<TrainBlock>,
 }
 
 fn default_valid_fraction() -> f64 {
     0.02
-}
-
-/// Width/depth growth methods (see escale-grow).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpMethod {
-    Fpi,
-    Aki,
-    AkiPro,
-}
-
-/// Residual-stream presets of a Scale-Up.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpPreset {
-    Fpi,
-    FpiScaled,
-    ZeroPad,
-}
-
-/// Depth growth methods.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpDepth {
-    Interpolate,
-    Stack,
-    StackMod,
-    Identity,
-    InterpolateIdentity,
 }
 
 /// Target architecture of a Scale-Up; absent fields keep the source's value.
@@ -269,34 +182,34 @@ pub struct ScaleUpSpec {
     #[serde(default)]
     pub from: Option<String>,
     #[serde(default = "default_up_method")]
-    pub method: UpMethod,
+    pub method: Method,
     #[serde(default = "default_up_preset")]
-    pub preset: UpPreset,
+    pub preset: Preset,
     #[serde(default)]
-    pub depth: Option<UpDepth>,
+    pub depth: Option<DepthMethod>,
     #[serde(default)]
     pub seed: Option<u64>,
     pub target: TargetSpec,
     #[serde(default)]
-    pub train: Option<TrainSpec>,
+    pub train: Option<TrainBlock>,
 }
 
-fn default_up_method() -> UpMethod {
-    UpMethod::AkiPro
+fn default_up_method() -> Method {
+    ScaleUpOptions::default().method
 }
-fn default_up_preset() -> UpPreset {
-    UpPreset::Fpi
+fn default_up_preset() -> Preset {
+    ScaleUpOptions::default().preset
 }
 
 /// One variant of a sweep.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SweepVariant {
-    pub method: UpMethod,
+    pub method: Method,
     #[serde(default = "default_up_preset")]
-    pub preset: UpPreset,
+    pub preset: Preset,
     #[serde(default)]
-    pub depth: Option<UpDepth>,
+    pub depth: Option<DepthMethod>,
     /// Stage name of this variant; defaults to `<sweep>-<method>[-<preset>]`.
     #[serde(default)]
     pub name: Option<String>,
@@ -314,22 +227,7 @@ pub struct SweepSpec {
     #[serde(default)]
     pub seed: Option<u64>,
     #[serde(default)]
-    pub train: Option<TrainSpec>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum MoeFormatSpec {
-    Mixtral,
-    Qwen2Moe,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RouterInitSpec {
-    Normal,
-    Zeros,
-    Uniform,
+    pub train: Option<TrainBlock>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -343,36 +241,36 @@ pub struct ScaleOutSpec {
     #[serde(default = "default_top_k")]
     pub top_k: usize,
     #[serde(default = "default_router_init")]
-    pub router_init: RouterInitSpec,
+    pub router_init: RouterInit,
     #[serde(default = "default_router_std")]
     pub router_std: f64,
     /// Defaults to mixtral, or qwen2_moe when the source has QKV bias.
     #[serde(default)]
-    pub format: Option<MoeFormatSpec>,
-    #[serde(default = "default_one")]
+    pub format: Option<MoeFormat>,
+    #[serde(default = "default_granularity")]
     pub granularity: usize,
     #[serde(default)]
     pub shared_experts: usize,
     #[serde(default)]
     pub seed: Option<u64>,
     #[serde(default)]
-    pub train: Option<TrainSpec>,
+    pub train: Option<TrainBlock>,
 }
 
 fn default_experts() -> usize {
-    8
+    ScaleOutOptions::default().experts
 }
 fn default_top_k() -> usize {
-    2
+    ScaleOutOptions::default().top_k
 }
-fn default_router_init() -> RouterInitSpec {
-    RouterInitSpec::Normal
+fn default_router_init() -> RouterInit {
+    ScaleOutOptions::default().router_init
 }
 fn default_router_std() -> f64 {
-    0.02
+    ScaleOutOptions::default().router_std
 }
-fn default_one() -> usize {
-    1
+fn default_granularity() -> usize {
+    ScaleOutOptions::default().granularity
 }
 
 /// How much compute a from-scratch baseline gets.
@@ -396,9 +294,9 @@ pub struct BaselineSpec {
     pub budget: BaselineBudget,
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Training settings (the token budget is derived from the FLOPs; `tokens` is not allowed).
+    /// Training settings (the token budget is derived from the FLOPs; `total_tokens` is not allowed).
     #[serde(default)]
-    pub train: Option<TrainSpec>,
+    pub train: Option<TrainBlock>,
 }
 
 fn default_budget() -> BaselineBudget {
@@ -484,8 +382,12 @@ impl PipelineFile {
         if !matches!(self.stages[0], StageSpec::Prepare(_)) {
             return Err(("stages[0]".into(), "the first stage must be `prepare` (data and starting model)".into()));
         }
+        self.train.check("train")?;
         let mut names: Vec<String> = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
+            if let Some(block) = stage.train() {
+                block.check(&format!("stages[{i}].{}.train", stage.kind()))?;
+            }
             let at = |field: &str| format!("stages[{i}].{}.{field}", stage.kind());
             if i > 0 && matches!(stage, StageSpec::Prepare(_)) {
                 return Err((format!("stages[{i}]"), "only the first stage may be `prepare`".into()));
@@ -532,8 +434,8 @@ impl PipelineFile {
                     if !names.contains(&b.of) {
                         return Err((at("of"), format!("no earlier stage named {:?}", b.of)));
                     }
-                    if b.train.as_ref().is_some_and(|t| t.tokens.is_some()) {
-                        return Err((at("train.tokens"), "a baseline's tokens follow from its FLOPs budget".into()));
+                    if b.train.as_ref().is_some_and(|t| t.has("total_tokens")) {
+                        return Err((at("train.total_tokens"), "a baseline's tokens follow from its FLOPs budget".into()));
                     }
                 }
             }
@@ -563,6 +465,17 @@ impl StageSpec {
         }
     }
 
+    /// The entry's own `train:` block, if it has one.
+    pub fn train(&self) -> Option<&TrainBlock> {
+        match self {
+            StageSpec::Prepare(s) => s.train.as_ref(),
+            StageSpec::ScaleUp(s) => s.train.as_ref(),
+            StageSpec::ScaleOut(s) => s.train.as_ref(),
+            StageSpec::Baseline(s) => s.train.as_ref(),
+            StageSpec::Sweep(s) => s.train.as_ref(),
+        }
+    }
+
     /// Stage names this entry defines: its own, then (for a sweep) one per variant.
     pub fn names(&self) -> Vec<String> {
         match self {
@@ -585,7 +498,7 @@ pub fn variant_name(sweep: &str, v: &SweepVariant) -> String {
         return n.clone();
     }
     let mut s = format!("{sweep}-{}", enum_str(&v.method));
-    if v.preset != UpPreset::Fpi {
+    if v.preset != Preset::Fpi {
         s.push('-');
         s.push_str(&enum_str(&v.preset));
     }
@@ -634,20 +547,20 @@ stages:
       corpus: {builtin: {size_mb: 0.5}}
       tokenizer: {train: {vocab_size: 512}}
       model: {init: {config: {hidden_size: 32, num_hidden_layers: 2}}}
-      train: {tokens: 10000}
+      train: {total_tokens: 10000}
   - sweep:
       name: up
       target: {hidden_size: 64}
       variants:
         - {method: aki-pro}
         - {method: fpi, preset: fpi-scaled}
-      train: {tokens: 5000, lr: 0.001}
+      train: {total_tokens: 5000, lr: 0.001}
   - scale_out:
       name: moe
       from: up-fpi-fpi-scaled
       experts: 4
       top_k: 2
-      train: {tokens: 5000}
+      train: {total_tokens: 5000}
   - baseline: {name: moe-scratch, of: moe}
 "#;
 
@@ -663,10 +576,10 @@ stages:
         assert_eq!(s.router_std, 0.02);
         assert_eq!(s.granularity, 1);
         let StageSpec::Sweep(sw) = &p.stages[1] else { panic!() };
-        assert_eq!(sw.variants[0].preset, UpPreset::Fpi);
+        assert_eq!(sw.variants[0].preset, Preset::Fpi);
         assert_eq!(p.stages[1].names(), vec!["up", "up-aki-pro", "up-fpi-fpi-scaled"]);
-        let merged = sw.train.as_ref().unwrap().over(&p.train);
-        assert_eq!((merged.tokens, merged.lr, merged.seq_len), (Some(5000), Some(0.001), Some(64)));
+        let merged = sw.train.as_ref().unwrap().over(&p.train).config("train").unwrap();
+        assert_eq!((merged.total_tokens, Some(merged.lr), Some(merged.seq_len)), (Some(5000), Some(0.001), Some(64)));
     }
 
     #[test]
@@ -708,8 +621,24 @@ stages:
         assert!(e.contains("stages[2].scale_out.name: duplicate stage name \"base\""), "{e}");
         let e = err(&GOOD.replace("{name: moe-scratch, of: moe}", "{name: s, of: moe, train: {tokens: 5}}"));
         assert!(e.contains("stages[3].baseline.train.tokens"), "{e}");
+        let e = err(&GOOD.replace("{name: moe-scratch, of: moe}", "{name: s, of: moe, train: {total_tokens: 5}}"));
+        assert!(e.contains("stages[3].baseline.train.total_tokens: a baseline's tokens follow"), "{e}");
         let e = err(&GOOD.replace("name: moe\n", "name: m/o\n"));
         assert!(e.contains("must be 1-64 characters"), "{e}");
+    }
+
+    #[test]
+    fn old_train_keys_name_the_new_key_and_the_yaml_path() {
+        let e = err(&GOOD.replace("lr: 0.001}", "lr: 0.001, warmup: 5}"));
+        assert_eq!(e, "p.yaml: stages[1].sweep.train.warmup: renamed: the trainer's key is `warmup_steps`");
+        let e = err(&GOOD.replace("lr: 0.003}", "lr: 0.003, grad_clip: 1.0}"));
+        assert_eq!(e, "p.yaml: train.grad_clip: renamed: the trainer's key is `clip`");
+        let e = err(&GOOD.replace("train: {total_tokens: 10000}", "train: {tokens: 10000}"));
+        assert!(e.starts_with("p.yaml: stages[0].prepare.train.tokens: renamed: the trainer's key is `total_tokens`"), "{e}");
+        let e = err(&GOOD.replace("lr: 0.003}", "lr: 0.003, output: x}"));
+        assert!(e.starts_with("p.yaml: train.output: set by the pipeline itself"), "{e}");
+        let e = err(&GOOD.replace("lr: 0.003}", "lr: 0.003, schedule: cosin}"));
+        assert!(e.starts_with("p.yaml: train.schedule: unknown variant `cosin`"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::select::select_trainable;
 pub const TRAIN_LOG: &str = "train_log.jsonl";
 pub const EVAL_LOG: &str = "eval_log.jsonl";
 
-/// One line of `train_log.jsonl`.
+/// One line of `train_log.jsonl` (read back through this type by escale-pipeline's metrics).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct StepRecord {
     pub step: u64,
@@ -52,7 +52,7 @@ pub struct StepRecord {
     pub skipped: bool,
 }
 
-/// One line of `eval_log.jsonl`.
+/// One line of `eval_log.jsonl` (read back through this type by escale-pipeline's metrics).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalRecord {
     pub step: u64,

@@ -4,7 +4,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use escale_pipeline::manifest::StageRecord;
 use escale_pipeline::runner::RunOutcome;
+use escale_pipeline::PipelineEvent;
+use escale_train::TrainEvent;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +24,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal();
-    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress)?;
+    let on_event = |ev: PipelineEvent| print_event(&ev, progress);
+    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress, &on_event)?;
     print_outcome(&outcome);
     Ok(())
 }
@@ -35,4 +39,73 @@ pub fn print_outcome(outcome: &RunOutcome) {
     println!("report:  {}", outcome.files.markdown.display());
     println!("figure:  {} (and .svg)", outcome.files.png.display());
     println!("summary: {}", outcome.files.summary.display());
+}
+
+/// Prints what the pipeline reports, on stderr (shared with `escale demo`). With a progress bar
+/// (`progress`) the trainer shows its own progress; without one each evaluation gets a line.
+pub fn print_event(ev: &PipelineEvent, progress: bool) {
+    match ev {
+        PipelineEvent::StageStarted { index, total, stage } => {
+            let from = stage.source.as_ref().map(|s| format!(" from {s}")).unwrap_or_default();
+            eprintln!("\n=== stage {index}/{total}: {} ({}{from}) ===", stage.name, stage.kind.as_str());
+            eprintln!("  {}", stage.method);
+        }
+        PipelineEvent::Skipped => eprintln!("  already finished (stage.json matches): skipped"),
+        PipelineEvent::Resuming => eprintln!("  resuming an unfinished run of this stage"),
+        PipelineEvent::SetAside { dir, aside, why } => {
+            eprintln!("  {} is out of date ({why}): moved to {} and run again", dir.display(), aside.display())
+        }
+        PipelineEvent::GeneratingCorpus { size_mb } => {
+            eprintln!("  generating the built-in bilingual corpus ({size_mb} MB)")
+        }
+        PipelineEvent::TrainingTokenizer { vocab_size } => {
+            eprintln!("  training a byte-level BPE tokenizer (vocabulary {vocab_size})")
+        }
+        PipelineEvent::Tokenizing { files, prefix } => eprintln!("  tokenizing {files} file(s) into {}", prefix.display()),
+        PipelineEvent::InitialisingModel => eprintln!("  initialising a random model"),
+        PipelineEvent::Growing { source, out } => eprintln!("  growing {} into {}", source.display(), out.display()),
+        PipelineEvent::ValLossBefore(loss) => eprintln!("  validation loss before training: {loss:.4}"),
+        PipelineEvent::Transition { source, source_val_loss, grown_val_loss, exact, reasons } => {
+            let before = source_val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+            let change =
+                source_val_loss.map(|v| format!(", {:+.2}%", 100.0 * (grown_val_loss - v) / v)).unwrap_or_default();
+            let verdict =
+                if *exact { "function preserving".to_string() } else { format!("not function preserving: {}", reasons.join("; ")) };
+            eprintln!("  transition: {source} val loss {before} -> grown {grown_val_loss:.4}{change} ({verdict})");
+        }
+        PipelineEvent::Budget { flops, tokens, flops_per_token } => {
+            eprintln!("  budget {flops:.3e} FLOPs = {tokens} tokens at {flops_per_token:.3e} FLOPs/token")
+        }
+        PipelineEvent::Training(cfg) => eprintln!(
+            "  training {} tokens (seq {}, batch {}x{}, lr {})",
+            cfg.total_tokens.unwrap_or_default(),
+            cfg.seq_len,
+            cfg.micro_batch,
+            cfg.grad_accum,
+            cfg.lr
+        ),
+        PipelineEvent::Train(TrainEvent::Started { start_step, total_steps, resumed_from: Some(p) }) => {
+            eprintln!("  resuming from {} (step {start_step} of {total_steps})", p.display())
+        }
+        PipelineEvent::Train(TrainEvent::Eval(e)) if !progress => {
+            eprintln!("  step {:>6}  tokens {:>10}  val loss {:.4}", e.step, e.tokens, e.val_loss)
+        }
+        PipelineEvent::Train(TrainEvent::Warning(w)) => eprintln!("  warning: {w}"),
+        PipelineEvent::Train(_) => {}
+        PipelineEvent::StageFinished(record) => print_stage(record),
+    }
+}
+
+fn print_stage(r: &StageRecord) {
+    let loss = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    eprintln!(
+        "  {}: {} params ({} active), {} tokens, {:.3e} FLOPs, val loss {} -> {}",
+        r.name,
+        escale_formats::summary::human_count(r.params_total),
+        escale_formats::summary::human_count(r.params_active),
+        r.tokens,
+        r.flops,
+        loss(r.val_loss_start),
+        loss(r.val_loss_end)
+    );
 }

@@ -116,7 +116,7 @@ pub fn head_map(n_kv: usize, rep: usize, rep_new: usize, kind: MapKind, seed: u6
 }
 
 /// Depth-growth methods (spec §3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DepthMethod {
     /// Target layer `l'` copies source layer `⌊l'·Ls/Lt⌋` (Apollo; AquilaMoE AKI-Pro). Not exact.

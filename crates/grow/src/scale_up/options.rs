@@ -6,7 +6,7 @@ use super::maps::{DepthMethod, MapKind};
 use escale_formats::DType;
 
 /// Width-growth method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Function-preserving copies (bert2BERT FPI).
@@ -36,7 +36,7 @@ impl Method {
 }
 
 /// How the residual stream is expanded (spec §2.1 table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// Plain copies (paper-faithful); exact only when every hidden channel has the same number of copies.
