@@ -16,10 +16,10 @@ use std::time::Instant;
 use escale_formats::dtype::{decode_to_f32, encode_from_f32};
 use escale_formats::writer::{check_output, TensorSpec};
 use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, Param, WriterOptions};
+use escale_util::pages;
 
 use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
 use super::manifest::Manifest;
-use super::pages;
 use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
 use super::{Result, ScaleOutError, ScaleOutOptions};
 

@@ -22,7 +22,6 @@
 mod exec;
 mod init;
 mod manifest;
-mod pages;
 mod plan;
 
 use std::path::PathBuf;

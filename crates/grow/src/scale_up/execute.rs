@@ -18,8 +18,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
+use escale_util::pages;
+use escale_util::rng::splitmix64;
 
-use super::options::splitmix;
 use super::plan::ScaleUpPlan;
 use super::rules::TensorRule;
 use super::ScaleUpError;
@@ -201,7 +202,7 @@ impl<'a> SourceReader<'a> {
             }
         };
         let bytes = self.ckpt.bytes(name)?;
-        pages::advise(bytes, libc::MADV_WILLNEED);
+        pages::will_need(bytes);
         Ok(Src { dtype: info.dtype, bytes, cols })
     }
 }
@@ -247,7 +248,7 @@ fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, wri
         }
     }, 0);
     for s in &srcs {
-        pages::advise(s.bytes, libc::MADV_DONTNEED);
+        pages::done_with(s.bytes);
     }
     match failed {
         Some(e) => Err(e),
@@ -320,39 +321,11 @@ fn gather_row(rule: &TensorRule, r: usize, bufs: &[Vec<f32>], out: &mut [f32]) {
     }
 }
 
-/// Page advice for slices of the read-only source mapping.
-mod pages {
-    /// Applies `advice` to the whole pages spanned by `bytes`.
-    ///
-    /// Only for slices of read-only, file-backed mappings (`Checkpoint::bytes`): WILLNEED just
-    /// schedules read-ahead, and DONTNEED just unmaps pages whose contents the file still holds,
-    /// so a concurrent or later reader of the same pages faults identical bytes back in.
-    pub(super) fn advise(bytes: &[u8], advice: libc::c_int) {
-        if bytes.is_empty() {
-            return;
-        }
-        // SAFETY: sysconf has no preconditions.
-        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-            p if p > 0 => p as usize,
-            _ => 4096,
-        };
-        let start = bytes.as_ptr() as usize;
-        let first = start - start % page;
-        // Mappings start on a page and end on a whole page, so rounding outwards stays inside.
-        let len = (start + bytes.len() - first).div_ceil(page) * page;
-        // SAFETY: the span lies inside a live read-only file mapping (see above); advice failures
-        // are harmless, so the result is ignored.
-        unsafe {
-            libc::madvise(first as *mut libc::c_void, len, advice);
-        }
-    }
-}
-
 /// LEMON (spec §2.5): per row, Gaussian noise that sums to zero over each group of copies, so
 /// the copies differ but their total (what the next layer sees) is unchanged. Seeded per row, so
 /// the result does not depend on the order rows or tensors are processed in.
 fn add_lemon_noise(rule: &TensorRule, r: usize, std: f32, seed: u64, out: &mut [f32]) {
-    let mut rng = StdRng::seed_from_u64(splitmix(seed ^ splitmix(r as u64)));
+    let mut rng = StdRng::seed_from_u64(splitmix64(seed ^ splitmix64(r as u64)));
     let groups = rule.cols.iter().filter_map(|c| c.noise_group).max().map_or(0, |m| m as usize + 1);
     let (mut sum, mut count) = (vec![0f64; groups], vec![0u32; groups]);
     let z: Vec<f64> = rule
