@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::ValueEnum;
 use escale_formats::writer::{check_output, parse_size};
 use escale_formats::{Checkpoint, DType, ModelConfig};
 use escale_grow::scale_up::{
@@ -35,22 +37,22 @@ pub struct Args {
     pub target_config: Option<PathBuf>,
     /// Width method: `fpi` (function-preserving copies), `aki` (new heads / FFN neurons from the
     /// next layer), or `aki-pro` (AKI + interpolation depth growth; AquilaMoE's choice).
-    #[arg(long, default_value = "aki-pro", value_parser = parse_method)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().method, value_parser = named_enum::<Method>("method"))]
     pub method: Method,
     /// Residual-stream preset: `fpi` (plain copies; exact only when every channel is copied
     /// equally often, e.g. 2x), `fpi-scaled` or `zero-pad` (exact for any width).
-    #[arg(long, default_value = "fpi", value_parser = parse_preset)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().preset, value_parser = named_enum::<Preset>("preset"))]
     pub preset: Preset,
-    /// Depth growth: `interpolate` (default), `stack` (bert2BERT: whole copies + top remainder),
-    /// `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks; exact), or
-    /// `interpolate-identity` (interpolation with zero-init duplicates; exact).
-    #[arg(long, value_parser = parse_depth)]
+    /// Depth growth: `interpolate` (when unset), `stack` (bert2BERT: whole copies + top
+    /// remainder), `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks;
+    /// exact), or `interpolate-identity` (interpolation with zero-init duplicates; exact).
+    #[arg(long, value_parser = named_enum::<DepthMethod>("depth method"))]
     pub depth: Option<DepthMethod>,
     /// Hidden-channel (and FFN neuron) map: `circular` (j mod d) or `random` (seeded).
-    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().hidden_map, value_parser = named_enum::<MapKind>("map"))]
     pub hidden_map: MapKind,
     /// Which head of its own KV group each new query head copies: `circular` or `random` (seeded).
-    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().head_map, value_parser = named_enum::<MapKind>("map"))]
     pub head_map: MapKind,
     /// Fan-out of copied units: `equal` (1/c each) or `lemon[:STD]` (equal plus zero-sum noise
     /// that keeps the function but breaks the symmetry of copies; STD defaults to the source's
@@ -58,31 +60,32 @@ pub struct Args {
     #[arg(long, default_value = "equal", value_parser = parse_fanout)]
     pub fanout: FanoutArg,
     /// Seed of every random choice (random maps, LEMON noise); recorded in the manifest.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ScaleUpOptions::default().seed)]
     pub seed: u64,
     /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
     /// rounded once.
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<DType>,
     /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
     pub max_shard_size: u64,
     /// Replace an existing output folder (atomically, once the new one is complete).
     #[arg(long)]
     pub force: bool,
-    /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer (default) or
-    /// from the layer itself (`self`).
-    #[arg(long, default_value = "upper", value_parser = parse_consumer)]
+    /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer or from the
+    /// layer itself (`self`).
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_consumer_source,
+        value_parser = named_enum::<AkiConsumerSource>("AKI consumer source"))]
     pub aki_consumer_source: AkiConsumerSource,
-    /// AKI: fill only new heads and FFN neurons from the upper layer (`units`, default), or also
-    /// the new hidden-size rows of o_proj / down_proj (`all`).
-    #[arg(long, default_value = "units", value_parser = parse_scope)]
+    /// AKI: fill only new heads and FFN neurons from the upper layer (`units`), or also the new
+    /// hidden-size rows of o_proj / down_proj (`all`).
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_scope, value_parser = named_enum::<AkiScope>("AKI scope"))]
     pub aki_scope: AkiScope,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most output bytes held in memory at once, e.g. 256MB.
-    #[arg(long, default_value = "256MB", value_parser = parse_shard_size)]
+    #[arg(long, default_value = "256MB", value_parser = parse_size_arg)]
     pub memory_budget: u64,
     /// Print the plan and its exactness verdict, write nothing.
     #[arg(long)]
@@ -99,25 +102,33 @@ pub enum FanoutArg {
     Lemon(Option<f32>),
 }
 
-fn parse_method(s: &str) -> Result<Method, String> {
-    Method::parse(s).ok_or_else(|| format!("unknown method `{s}` (expected fpi, aki or aki-pro)"))
+/// Parses a growth option enum by its `ValueEnum` names, failing with `unknown WHAT `x`
+/// (expected a, b, c)` so the message names the option even before clap adds the flag.
+#[derive(Clone)]
+pub(super) struct NamedEnum<E> {
+    what: &'static str,
+    enum_type: std::marker::PhantomData<E>,
 }
 
-fn parse_preset(s: &str) -> Result<Preset, String> {
-    Preset::parse(s).ok_or_else(|| format!("unknown preset `{s}` (expected fpi, fpi-scaled or zero-pad)"))
+pub(super) fn named_enum<E>(what: &'static str) -> NamedEnum<E> {
+    NamedEnum { what, enum_type: std::marker::PhantomData }
 }
 
-fn parse_depth(s: &str) -> Result<DepthMethod, String> {
-    DepthMethod::parse(s).ok_or_else(|| {
-        format!("unknown depth method `{s}` (expected interpolate, stack, stack-mod, identity or interpolate-identity)")
-    })
-}
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for NamedEnum<E> {
+    type Value = E;
 
-fn parse_map(s: &str) -> Result<MapKind, String> {
-    match s {
-        "circular" => Ok(MapKind::Circular),
-        "random" => Ok(MapKind::Random),
-        _ => Err(format!("unknown map `{s}` (expected circular or random)")),
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<E, clap::Error> {
+        let text = value.to_string_lossy();
+        E::from_str(&text, true).map_err(|_| {
+            let names: Vec<String> = self.possible_values().into_iter().flatten().map(|v| v.get_name().to_string()).collect();
+            let flag = arg.map_or_else(|| cmd.get_name().to_string(), ToString::to_string);
+            let message = format!("{flag}: unknown {} `{text}` (expected {})\n", self.what, names.join(", "));
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(E::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
     }
 }
 
@@ -135,27 +146,12 @@ fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
     }
 }
 
-fn parse_consumer(s: &str) -> Result<AkiConsumerSource, String> {
-    match s {
-        "upper" => Ok(AkiConsumerSource::Upper),
-        "self" => Ok(AkiConsumerSource::SelfLayer),
-        _ => Err(format!("unknown AKI consumer source `{s}` (expected upper or self)")),
-    }
-}
-
-fn parse_scope(s: &str) -> Result<AkiScope, String> {
-    match s {
-        "units" => Ok(AkiScope::Units),
-        "all" => Ok(AkiScope::All),
-        _ => Err(format!("unknown AKI scope `{s}` (expected units or all)")),
-    }
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub(super) fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
 }
 
-fn parse_shard_size(s: &str) -> Result<u64, String> {
+/// A positive byte size such as 5GB or 500MB.
+pub(super) fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
 }
 

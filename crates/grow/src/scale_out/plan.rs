@@ -10,7 +10,7 @@ use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeCo
 use super::{MoeFormat, Result, RouterInit, ScaleOutError, ScaleOutOptions};
 
 /// The qwen2_moe shared expert (mixtral has none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SharedExpert {
     /// The format has no shared expert (mixtral).

@@ -5,7 +5,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A map from target units to source units, with the replication count of every source unit.
 ///
@@ -20,7 +20,8 @@ pub struct UnitMap {
 }
 
 /// How new units choose the source unit they copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum MapKind {
     /// Left to right, wrapping around (AquilaMoE Fig. 1): `j mod d`.
@@ -116,7 +117,8 @@ pub fn head_map(n_kv: usize, rep: usize, rep_new: usize, kind: MapKind, seed: u6
 }
 
 /// Depth-growth methods (spec §3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DepthMethod {
     /// Target layer `l'` copies source layer `⌊l'·Ls/Lt⌋` (Apollo; AquilaMoE AKI-Pro). Not exact.
@@ -133,14 +135,6 @@ pub enum DepthMethod {
 }
 
 impl DepthMethod {
-    pub const ALL: [DepthMethod; 5] = [
-        DepthMethod::Interpolate,
-        DepthMethod::Stack,
-        DepthMethod::StackMod,
-        DepthMethod::Identity,
-        DepthMethod::InterpolateIdentity,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             DepthMethod::Interpolate => "interpolate",
@@ -149,10 +143,6 @@ impl DepthMethod {
             DepthMethod::Identity => "identity",
             DepthMethod::InterpolateIdentity => "interpolate-identity",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<DepthMethod> {
-        DepthMethod::ALL.into_iter().find(|m| m.as_str() == s)
     }
 
     /// Whether the new layers are zero-initialised residual blocks (function preserving).
