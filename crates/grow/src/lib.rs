@@ -8,8 +8,8 @@
 //! * [`scale_up`]: dense width (hidden, FFN, query heads; GQA-aware) and depth growth: FPI, AKI, AKI-Pro.
 //! * [`scale_out`]: sparse upcycling of a dense model into a Mixture of Experts.
 
+pub mod plan;
 pub mod scale_out;
 pub mod scale_up;
 
-/// File name of the manifest written into every grown model folder.
-pub const MANIFEST_FILE: &str = "escale_growth.json";
+pub use plan::{Exactness, GrowthManifest, MANIFEST_FILE};

@@ -66,6 +66,24 @@ fn output_folder_has_updated_config_manifest_and_tokenizer() {
 }
 
 #[test]
+fn manifest_reads_back_as_the_typed_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tiny(&src, tiny_config("llama", true, false), 2, DType::F32);
+    let out = tmp.path().join("out");
+    let o = ScaleUpOptions { method: Method::Fpi, depth: Some(DepthMethod::Identity), ..Default::default() };
+    let (plan, _) = scale_up(&src, &out, &dims(16, 24, 4, 4), &o, &ExecOptions::default(), None).unwrap();
+    let escale_grow::GrowthManifest::ScaleUp(m) = escale_grow::GrowthManifest::read(&out).unwrap() else {
+        panic!("a scale-up writes a scale-up manifest")
+    };
+    assert_eq!(m.options, o);
+    assert_eq!(m.exactness, plan.exactness);
+    assert_eq!(m.maps.depth, plan.depth.map);
+    assert_eq!(m.new_layers(), m.maps.depth_zeroed_layers);
+    assert!(!m.new_layers().is_empty());
+}
+
+#[test]
 fn dtype_override_and_sharding() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

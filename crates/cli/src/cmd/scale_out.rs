@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use escale_formats::writer::WriterOptions;
-use escale_formats::DType;
-use escale_grow::scale_out::{upcycle, MoeFormat, RouterInit, ScaleOutOptions, UpcycleReport};
+use escale_formats::writer::{check_output, WriterOptions};
+use escale_formats::{Checkpoint, DType};
+use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
 
 use super::scale_up::{named_enum, parse_dtype, parse_size_arg};
 
@@ -70,6 +70,9 @@ pub struct Args {
     /// Worker threads for the copy (default: available cores, at least 4 to keep the disk busy, at most 8).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print the plan and its exactness verdict, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -97,10 +100,19 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let options = args.options();
+    if !args.dry_run {
+        check_output(&args.output, args.force)?;
+    }
+    let src = Checkpoint::open(&args.source).with_context(|| format!("opening {}", args.source.display()))?;
+    let plan = ScaleOutPlan::new(&src.config, &args.options())
+        .with_context(|| format!("planning the scale-out of {}", args.source.display()))?;
+    print_plan(&plan);
+    if args.dry_run {
+        return Ok(());
+    }
     let writer = WriterOptions { max_shard_bytes: args.max_shard_size, force: args.force };
     let bar = super::progress::bytes_bar("scale-out", args.quiet);
-    let report = upcycle(&args.source, &args.output, &options, &writer, &|done, total| {
+    let report = execute(plan, &src, &args.output, &writer, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
@@ -110,13 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(r: &UpcycleReport) {
-    let p = &r.plan;
+fn print_plan(p: &ScaleOutPlan) {
     let o = &p.options;
     for w in &p.warnings {
         eprintln!("{w}");
     }
-    println!("wrote {} ({} model, {} tensors)", r.output.display(), p.format, r.tensors);
+    println!("scale-out plan: {} -> {} model", p.source_type, p.format);
     println!(
         "  experts {} x FFN {} (granularity {}), top-{}, router {} std {} seed {}",
         o.experts,
@@ -130,6 +141,15 @@ fn print_summary(r: &UpcycleReport) {
     if p.shared_ffn > 0 {
         println!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
     }
+    if p.exactness.exact {
+        println!("  exact: the MoE computes the dense model's function (up to routing-weight rounding)");
+    } else {
+        println!("  NOT exact: {}", p.exactness.reasons.join("; "));
+    }
+}
+
+fn print_summary(r: &UpcycleReport) {
+    println!("wrote {} ({} model, {} tensors, manifest {})", r.output.display(), r.plan.format, r.tensors, escale_grow::MANIFEST_FILE);
     let gb = |b: u64| b as f64 / 1e9;
     println!(
         "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} s copying, then fsync; {:.2} GB/s written)",
@@ -139,9 +159,4 @@ fn print_summary(r: &UpcycleReport) {
         r.copy_seconds,
         gb(r.bytes_written) / r.seconds.max(1e-9)
     );
-    if p.exactness.exact {
-        println!("  exact: the MoE computes the dense model's function (up to routing-weight rounding)");
-    } else {
-        println!("  NOT exact: {}", p.exactness.broken_by.join("; "));
-    }
 }

@@ -19,7 +19,8 @@ use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, 
 use escale_util::pages;
 
 use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
-use super::manifest::Manifest;
+use super::manifest::ScaleOutManifest;
+use crate::GrowthManifest;
 use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
 use super::{Result, ScaleOutError, ScaleOutOptions};
 
@@ -56,7 +57,8 @@ struct Run<'a> {
     progress: &'a (dyn Fn(u64, u64) + Sync),
 }
 
-/// Upcycles the dense model in `source_dir` into `out_dir`.
+/// Upcycles the dense model in `source_dir` into `out_dir`: [`ScaleOutPlan::new`] on its config,
+/// then [`execute`].
 ///
 /// Nothing is written unless the options are valid for this source; on any error the partial
 /// output is removed. `progress(done, total)` is called with tensor bytes written so far.
@@ -67,22 +69,38 @@ pub fn upcycle(
     writer_options: &WriterOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<UpcycleReport> {
-    let started = Instant::now();
     let ckpt = Checkpoint::open(source_dir)?;
     let plan = ScaleOutPlan::new(&ckpt.config, options)?;
+    execute(plan, &ckpt, out_dir, writer_options, progress)
+}
+
+/// Runs `plan` on the opened dense checkpoint `ckpt` (the one whose config it was made from),
+/// writing a complete MoE folder with its manifest to `out_dir`. On any error the partial output
+/// is removed.
+pub fn execute(
+    plan: ScaleOutPlan,
+    ckpt: &Checkpoint,
+    out_dir: &Path,
+    writer_options: &WriterOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<UpcycleReport> {
+    let started = Instant::now();
+    let source_dir = ckpt.dir();
+    check_source_matches(&plan, ckpt)?;
     check_not_source(source_dir, out_dir)?;
     check_output(out_dir, writer_options.force)?;
+    let options = &plan.options;
 
     let model_dtype = match options.dtype {
         Some(d) => d,
-        None => tensor_dtype(&ckpt, &ckpt.name_of(Param::Embed))?,
+        None => tensor_dtype(ckpt, &ckpt.name_of(Param::Embed))?,
     };
     let mut typed = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         let dtype = match (&t.rule, options.dtype) {
             (_, Some(d)) => d,
             (TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. }, None) => {
-                tensor_dtype(&ckpt, source)?
+                tensor_dtype(ckpt, source)?
             }
             (TensorRule::Router { .. } | TensorRule::Zeros, None) => model_dtype,
         };
@@ -100,7 +118,7 @@ pub fn upcycle(
     let writer = CheckpointWriter::create(out_dir, specs, writer_options)?;
 
     let run = Run {
-        ckpt: &ckpt,
+        ckpt,
         plan: &plan,
         writer: &writer,
         router: RouterSpec {
@@ -118,7 +136,7 @@ pub fn upcycle(
     run_jobs(&run, &jobs, options.threads)?;
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    Manifest::new(&plan, source_dir).write(writer.staging_dir())?;
+    GrowthManifest::ScaleOut(Box::new(ScaleOutManifest::new(&plan, source_dir))).write(writer.staging_dir())?;
     let tensors = plan.tensors.len();
     let output = writer.finish(&plan.config, Some(source_dir))?;
     Ok(UpcycleReport {
@@ -130,6 +148,23 @@ pub fn upcycle(
         seconds: started.elapsed().as_secs_f64(),
         copy_seconds,
     })
+}
+
+/// A plan made from one config must not be run on a checkpoint of another.
+fn check_source_matches(plan: &ScaleOutPlan, ckpt: &Checkpoint) -> Result<()> {
+    let c = &ckpt.config;
+    let same = plan.source_type == c.model_type
+        && plan.dense_ffn == c.intermediate_size
+        && plan.config.hidden_size == c.hidden_size
+        && plan.config.num_hidden_layers == c.num_hidden_layers
+        && plan.config.vocab_size == c.vocab_size;
+    if !same {
+        return Err(ScaleOutError::Source {
+            path: ckpt.dir().to_path_buf(),
+            message: "the checkpoint's config differs from the one the plan was made for".into(),
+        });
+    }
+    Ok(())
 }
 
 fn tensor_dtype(ckpt: &Checkpoint, name: &str) -> Result<DType> {

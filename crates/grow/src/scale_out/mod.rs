@@ -5,7 +5,7 @@
 //!
 //! * [`ScaleOutPlan::new`] looks only at the source config and the [`ScaleOutOptions`]: it
 //!   validates them, builds the output `config.json`, decides what every output tensor is made
-//!   of, and states whether the result is function-preserving ([`Exactness`]). Every bad input is
+//!   of, and states whether the result is function-preserving ([`crate::Exactness`]). Every bad input is
 //!   rejected here, before a byte is written.
 //! * [`upcycle`] executes a plan as a stream: each dense tensor is read once (memory-mapped) and
 //!   written to all the outputs derived from it. Plain expert copies are byte-range copies of the
@@ -28,10 +28,10 @@ use std::path::PathBuf;
 
 use escale_formats::{DType, FormatError, ModelType};
 
-pub use exec::{upcycle, UpcycleReport};
+pub use exec::{execute, upcycle, UpcycleReport};
 pub use init::{drop_neurons, router_weights, sample_router, RouterSpec};
-pub use manifest::Manifest;
-pub use plan::{Exactness, ScaleOutPlan, SharedExpert, TensorRule};
+pub use manifest::{RouterRecord, ScaleOutManifest};
+pub use plan::{ScaleOutPlan, SharedExpert, TensorRule};
 
 /// Output layout of the MoE checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

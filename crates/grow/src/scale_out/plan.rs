@@ -8,6 +8,7 @@ use escale_formats::naming::{expected_params, hf_name};
 use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeConfig, Param};
 
 use super::{MoeFormat, Result, RouterInit, ScaleOutError, ScaleOutOptions};
+use crate::plan::Exactness;
 
 /// The qwen2_moe shared expert (mixtral has none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,17 +48,6 @@ pub struct PlannedTensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub rule: TensorRule,
-}
-
-/// Whether the upcycled model computes exactly the dense model's function at initialisation.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Exactness {
-    /// True when the construction is function-preserving (up to floating-point rounding).
-    pub exact: bool,
-    /// Why it is not exact (empty when `exact`).
-    pub broken_by: Vec<String>,
-    /// Rounding caveats that hold even when exact.
-    pub notes: Vec<String>,
 }
 
 /// A validated scale-out, ready to execute with [`super::upcycle`].
@@ -330,7 +320,7 @@ impl ScaleOutPlan {
                     .into(),
             );
         }
-        self.exactness = Exactness { exact: broken.is_empty(), broken_by: broken, notes };
+        self.exactness = Exactness::from_reasons(broken, notes);
     }
 }
 

@@ -21,7 +21,9 @@ use rayon::prelude::*;
 use escale_util::pages;
 use escale_util::rng::splitmix64;
 
+use super::manifest::ScaleUpManifest;
 use super::plan::ScaleUpPlan;
+use crate::GrowthManifest;
 use super::rules::TensorRule;
 use super::ScaleUpError;
 
@@ -87,10 +89,7 @@ pub fn execute(
         .collect::<Result<_, ScaleUpError>>()?;
     let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
     let writer = CheckpointWriter::create(out_dir, specs.clone(), &WriterOptions { max_shard_bytes: opts.max_shard_bytes, force: opts.force })?;
-    let manifest = super::manifest::manifest_json(plan, src.dir());
-    let manifest_path = writer.staging_dir().join(crate::MANIFEST_FILE);
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
-    std::fs::write(&manifest_path, text).map_err(|e| FormatError::io(&manifest_path, e))?;
+    GrowthManifest::ScaleUp(Box::new(ScaleUpManifest::new(plan, src.dir()))).write(writer.staging_dir())?;
 
     let budget = ByteBudget::new(opts.memory_budget_bytes.max(1));
     let done = AtomicU64::new(0);

@@ -20,11 +20,12 @@ pub struct UnitMap {
 }
 
 /// How new units choose the source unit they copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum MapKind {
     /// Left to right, wrapping around (AquilaMoE Fig. 1): `j mod d`.
+    #[default]
     Circular,
     /// Net2Net / bert2BERT: the first `d` units keep their place, each new one copies a source
     /// unit drawn uniformly with a seeded PRNG (the drawn map is stored in the manifest).
@@ -117,11 +118,12 @@ pub fn head_map(n_kv: usize, rep: usize, rep_new: usize, kind: MapKind, seed: u6
 }
 
 /// Depth-growth methods (spec §3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DepthMethod {
     /// Target layer `l'` copies source layer `⌊l'·Ls/Lt⌋` (Apollo; AquilaMoE AKI-Pro). Not exact.
+    #[default]
     Interpolate,
     /// bert2BERT: `⌊Lt/Ls⌋` whole copies of the stack, then the *top* `Lt mod Ls` layers. Not exact.
     Stack,

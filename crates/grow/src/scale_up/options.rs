@@ -7,7 +7,7 @@ use escale_formats::DType;
 use escale_util::rng::splitmix64;
 
 /// Width-growth method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
@@ -17,6 +17,7 @@ pub enum Method {
     /// weights (bert2BERT AKI). Not function preserving, but the papers report faster training.
     Aki,
     /// AKI width growth (GQA-aware) then interpolation depth growth: AquilaMoE's chosen scheme.
+    #[default]
     AkiPro,
 }
 
@@ -35,11 +36,12 @@ impl Method {
 }
 
 /// How the residual stream is expanded (spec §2.1 table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// Plain copies (paper-faithful); exact only when every hidden channel has the same number of copies.
+    #[default]
     Fpi,
     /// Copies scaled by `sqrt(D/(d·c))` so the RMS is unchanged; exact for any width.
     FpiScaled,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::maps::{depth_map, head_map, DepthMap, DepthMethod, MapKind, UnitMap};
 use super::options::{sub_seed, Method, Preset, ScaleUpOptions};
 use super::ScaleUpError;
+use crate::plan::Exactness;
 
 /// Target sizes; `None` keeps the source's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,16 +44,6 @@ pub struct HiddenScales {
     pub eps_scale: f64,
     /// Columns that carry the residual stream (`a_j ≠ 0`); zero-pad's pad channels do not.
     pub live: Vec<bool>,
-}
-
-/// Whether the grown model computes exactly the source's function, and why (not).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Exactness {
-    pub exact: bool,
-    pub width_exact: bool,
-    pub depth_exact: bool,
-    /// One sentence per reason the result is not exact (empty when exact).
-    pub reasons: Vec<String>,
 }
 
 /// Which output tensor comes from where.
@@ -366,7 +357,11 @@ fn exactness(source: &ModelConfig, d: Dims, o: &ScaleUpOptions, hidden: &UnitMap
             o.depth_method().as_str()
         ));
     }
-    Exactness { exact: reasons.is_empty(), width_exact: width_exact && !aki_active, depth_exact, reasons }
+    Exactness {
+        width_exact: Some(width_exact && !aki_active),
+        depth_exact: Some(depth_exact),
+        ..Exactness::from_reasons(reasons, Vec::new())
+    }
 }
 
 /// qwen2 v5 `layer_types` lists one entry per layer: follow the depth map so it stays consistent.
