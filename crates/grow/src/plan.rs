@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use escale_formats::writer::write_file;
-use escale_formats::FormatError;
+use escale_formats::{DType, FormatError};
 use serde::{Deserialize, Serialize};
 
 use crate::scale_out::ScaleOutManifest;
@@ -36,14 +36,45 @@ pub struct Exactness {
     /// Scale-up: whether the depth growth alone is exact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth_exact: Option<bool>,
+    /// Set when the construction is exact (in f32) but storing it in the output dtype rounds
+    /// weights, so the model as written is not exactly the source's function: why, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_dtype_rounding: Option<String>,
 }
 
 impl Exactness {
     /// The verdict of a plan with these reasons against exactness and these caveats.
     pub fn from_reasons(reasons: Vec<String>, notes: Vec<String>) -> Exactness {
-        Exactness { exact: reasons.is_empty(), reasons, notes, width_exact: None, depth_exact: None }
+        Exactness { exact: reasons.is_empty(), reasons, notes, width_exact: None, depth_exact: None, stored_dtype_rounding: None }
+    }
+
+    /// Whether the model as written, in its stored dtype, computes exactly the source's function.
+    pub fn exact_as_stored(&self) -> bool {
+        self.exact && self.stored_dtype_rounding.is_none()
     }
 }
+
+/// Why storing a growth's weights in `stored` loses exactness, if it does.
+///
+/// Growth computes in f32 and rounds once to the output dtype. An f32 output is the baseline of
+/// "exact" (what the verdict means). A narrower output keeps copies and zeros of values that were
+/// already stored in it, and values scaled by a power of two; any other scale (3/4, 1/3,
+/// `1/sqrt(c)`) or a narrowing conversion rounds the weights. `None` when `stored` is unknown.
+pub fn stored_dtype_rounding(source: Option<DType>, stored: Option<DType>, scales: impl IntoIterator<Item = f32>) -> Option<String> {
+    let stored = stored?;
+    if stored == DType::F32 {
+        return None;
+    }
+    if source != Some(stored) {
+        let from = source.map_or_else(|| "an unknown dtype".to_string(), |d| d.to_string());
+        return Some(format!("weights are converted from {from} to {stored}, which rounds each one"));
+    }
+    let off_grid = scales.into_iter().find(|s| *s != 0.0 && s.abs().log2().fract() != 0.0)?;
+    Some(format!(
+        "weights scaled by factors such as {off_grid} (not a power of two) are rounded to {stored} when stored"
+    ))
+}
+
 
 /// Contents of [`MANIFEST_FILE`]: what was grown, how, and whether it is exact. The `operation`
 /// key says which growth wrote it.
@@ -81,4 +112,21 @@ pub fn read_record<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Form
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
     serde_json::from_str(&text).map_err(|source| FormatError::Json { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_dtype_rounding_spares_f32_copies_and_powers_of_two() {
+        let bf16 = Some(DType::BF16);
+        assert_eq!(stored_dtype_rounding(bf16, Some(DType::F32), [0.75]), None, "f32 output is the baseline");
+        assert_eq!(stored_dtype_rounding(bf16, bf16, [1.0, 0.5, 0.0, 0.25]), None);
+        assert_eq!(stored_dtype_rounding(bf16, None, [0.75]), None, "unknown output dtype");
+        let e = stored_dtype_rounding(bf16, bf16, [1.0, 0.75]).unwrap();
+        assert!(e.contains("0.75") && e.contains("BF16"), "{e}");
+        let e = stored_dtype_rounding(Some(DType::F32), bf16, [1.0]).unwrap();
+        assert!(e.contains("converted from F32 to BF16"), "{e}");
+    }
 }

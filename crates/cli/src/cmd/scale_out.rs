@@ -7,7 +7,7 @@ use escale_formats::writer::{check_output, WriterOptions};
 use escale_formats::{Checkpoint, DType};
 use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
 
-use super::scale_up::{named_enum, parse_dtype, parse_size_arg};
+use super::scale_up::{named_enum, parse_dtype, parse_size_arg, print_verdict, report_stored_drift};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -119,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("scale-out of {}", args.source.display()))?;
     bar.finish_and_clear();
     print_summary(&report);
-    Ok(())
+    report_stored_drift(&report.plan.exactness, &args.source, &report.output)
 }
 
 fn print_plan(p: &ScaleOutPlan) {
@@ -141,11 +141,7 @@ fn print_plan(p: &ScaleOutPlan) {
     if p.shared_ffn > 0 {
         println!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
     }
-    if p.exactness.exact {
-        println!("  exact: the MoE computes the dense model's function (up to routing-weight rounding)");
-    } else {
-        println!("  NOT exact: {}", p.exactness.reasons.join("; "));
-    }
+    print_verdict(&p.exactness, "the MoE computes the dense model's function (up to routing-weight rounding)");
 }
 
 fn print_summary(r: &UpcycleReport) {

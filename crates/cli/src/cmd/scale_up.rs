@@ -1,12 +1,15 @@
 //! `escale scale-up`: grow a dense model in width and depth (see `escale_grow::scale_up`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::ValueEnum;
 use escale_formats::writer::{check_output, parse_size};
 use escale_formats::{Checkpoint, DType, ModelConfig};
+use escale_grow::Exactness;
+use escale_model::evaluate::compare_models;
+use rand::{Rng, SeedableRng};
 use escale_grow::scale_up::{
     execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
     ScaleUpPlan, ScaleUpReport, Target, TargetDims,
@@ -211,7 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("scale-up of {}", args.source.display()))?;
     bar.finish_and_clear();
     print_summary(&report);
-    Ok(())
+    report_stored_drift(&plan.exactness, &args.source, &report.out_dir)
 }
 
 fn print_plan(plan: &ScaleUpPlan) {
@@ -238,11 +241,55 @@ fn print_plan(plan: &ScaleUpPlan) {
     if plan.target.rms_norm_eps != plan.source.rms_norm_eps {
         println!("  rms_norm_eps {} -> {}", plan.source.rms_norm_eps, plan.target.rms_norm_eps);
     }
-    if plan.exactness.exact {
-        println!("  exact: the grown model computes the source's function (up to f32 / output-dtype rounding)");
-    } else {
-        println!("  NOT exact: {}", plan.exactness.reasons.join("; "));
+    print_verdict(&plan.exactness, "the grown model computes the source's function (up to f32 rounding)");
+}
+
+/// The exactness line of a growth plan. A growth exact in f32 but rounded by its stored dtype
+/// says so, and which flag keeps it exact, instead of "exact".
+pub(super) fn print_verdict(e: &Exactness, exact_meaning: &str) {
+    match &e.stored_dtype_rounding {
+        _ if !e.exact => println!("  NOT exact: {}", e.reasons.join("; ")),
+        None => println!("  exact: {exact_meaning}"),
+        Some(why) => println!("  exact in f32 only: {why}; `--dtype f32` keeps it exact"),
     }
+}
+
+/// Most bytes of weights (as stored) for which the stored-dtype drift is measured: both models
+/// are loaded in f32 at once.
+const DRIFT_CHECK_MAX_BYTES: u64 = 2 << 30;
+/// Random sequences and their length for the drift measurement.
+const DRIFT_SEQUENCES: usize = 4;
+const DRIFT_SEQUENCE_LEN: usize = 64;
+
+/// For a growth exact in f32 whose stored dtype rounds it: runs the source and the grown model
+/// (both in f32, so only the stored rounding differs) on a few seeded random sequences and prints
+/// how far their logits drift.
+pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) -> anyhow::Result<()> {
+    if !e.exact || e.exact_as_stored() {
+        return Ok(());
+    }
+    let grown_bytes = Checkpoint::open(grown)?.file_bytes();
+    if grown_bytes > DRIFT_CHECK_MAX_BYTES {
+        println!("  stored-dtype drift not measured (the grown model is larger than {} GB); `--dtype f32` keeps it exact", DRIFT_CHECK_MAX_BYTES >> 30);
+        return Ok(());
+    }
+    let reference = super::verify::load_model(source, candle_core::DType::F32)?;
+    let candidate = super::verify::load_model(grown, candle_core::DType::F32)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vocab = reference.config.vocab_size as u32;
+    let window = DRIFT_SEQUENCE_LEN.min(reference.config.max_position_embeddings);
+    let ids: Vec<u32> = (0..DRIFT_SEQUENCES * window).map(|_| rng.random_range(0..vocab)).collect();
+    let r = compare_models(&reference, &candidate, &ids, window)?;
+    println!(
+        "  stored-dtype drift over {} positions of random tokens: max |delta logit| {:.3e} ({:.3e} of max |logit|), mean KL {:.3e}, \
+         top-1 agreement {:.2}%; `--dtype f32` keeps it exact",
+        r.logits.positions,
+        r.logits.max_abs_diff,
+        r.relative_max_diff,
+        r.logits.mean_kl,
+        100.0 * r.logits.top1_agreement
+    );
+    Ok(())
 }
 
 fn print_summary(r: &ScaleUpReport) {

@@ -8,7 +8,7 @@ use escale_formats::naming::{expected_params, hf_name};
 use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeConfig, Param};
 
 use super::{MoeFormat, Result, RouterInit, ScaleOutError, ScaleOutOptions};
-use crate::plan::Exactness;
+use crate::plan::{stored_dtype_rounding, Exactness};
 
 /// The qwen2_moe shared expert (mixtral has none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -321,6 +321,10 @@ impl ScaleOutPlan {
             );
         }
         self.exactness = Exactness::from_reasons(broken, notes);
+        if self.exactness.exact {
+            let scales = std::iter::once(scale).chain(self.shared_shard_scales().into_iter().map(|(_, s)| s)).map(|s| s as f32);
+            self.exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, o.dtype.or(source.dtype), scales);
+        }
     }
 }
 

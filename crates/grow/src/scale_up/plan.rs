@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::maps::{depth_map, head_map, DepthMap, DepthMethod, MapKind, UnitMap};
 use super::options::{sub_seed, Method, Preset, ScaleUpOptions};
 use super::ScaleUpError;
-use crate::plan::Exactness;
+use crate::plan::{stored_dtype_rounding, Exactness};
 
 /// Target sizes; `None` keeps the source's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,7 +127,12 @@ impl ScaleUpPlan {
         }
         remap_per_layer_fields(&mut cfg, source, &depth);
 
-        let exactness = exactness(source, dims, options, &hidden);
+        let mut exactness = exactness(source, dims, options, &hidden);
+        if exactness.exact {
+            let weight_scales = [&scales.a, &scales.norm_scale, &scales.b, &scales.final_norm_scale].into_iter().flatten().copied();
+            let consumer_scales = [&ffn.counts, &heads.counts].into_iter().flatten().map(|&c| 1.0 / c as f32);
+            exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
+        }
         let tensors = output_tensors(&cfg, &depth);
         Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors })
     }
