@@ -20,51 +20,20 @@
 //! carries a full copy of the MLP while routed `down_proj`s are halved: `½·MLP + ½·MLP = MLP`.
 
 mod exec;
+mod format;
 mod init;
 mod manifest;
 mod plan;
 
 use std::path::PathBuf;
 
-use escale_formats::{DType, FormatError, ModelType};
+use escale_formats::{DType, FormatError};
 
 pub use exec::{execute, upcycle, UpcycleReport};
+pub use format::MoeFormat;
 pub use init::{drop_neurons, router_weights, sample_router, RouterSpec};
 pub use manifest::{RouterRecord, ScaleOutManifest};
 pub use plan::{ScaleOutPlan, SharedExpert, TensorRule};
-
-/// Output layout of the MoE checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum MoeFormat {
-    /// `MixtralForCausalLM`, classic hub names (`block_sparse_moe.experts.N.w1/w2/w3`). Always
-    /// renormalises top-k weights; cannot carry attention biases.
-    Mixtral,
-    /// `Qwen2MoeForCausalLM`: the only stock HF MoE class with QKV bias (Aquila's case). Always
-    /// has a shared expert, which escale either neutralises or fills (see [`SharedExpert`]).
-    #[cfg_attr(feature = "clap", value(name = "qwen2_moe", alias = "qwen2-moe"))]
-    Qwen2Moe,
-}
-
-impl MoeFormat {
-    pub fn model_type(self) -> ModelType {
-        match self {
-            MoeFormat::Mixtral => ModelType::Mixtral,
-            MoeFormat::Qwen2Moe => ModelType::Qwen2Moe,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.model_type().as_str()
-    }
-}
-
-impl std::fmt::Display for MoeFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// How router weights are initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
