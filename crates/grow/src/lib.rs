@@ -8,8 +8,10 @@
 //! * [`scale_up`]: dense width (hidden, FFN, query heads; GQA-aware) and depth growth: FPI, AKI, AKI-Pro.
 //! * [`scale_out`]: sparse upcycling of a dense model into a Mixture of Experts.
 
+mod exec;
 pub mod plan;
 pub mod scale_out;
 pub mod scale_up;
 
+pub use exec::Progress;
 pub use plan::{Exactness, GrowthManifest, MANIFEST_FILE};

@@ -9,20 +9,20 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use escale_formats::dtype::{decode_to_f32, encode_from_f32};
 use escale_formats::writer::{check_output, TensorSpec};
 use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, Param, WriterOptions};
-use escale_util::pages;
 
 use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
 use super::manifest::ScaleOutManifest;
 use crate::GrowthManifest;
 use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
 use super::{Result, ScaleOutError, ScaleOutOptions};
+use crate::exec::{worker_pool, ProgressCounter, SourceBytes};
 
 /// What a finished scale-out did.
 #[derive(Clone, Debug)]
@@ -52,9 +52,7 @@ struct Run<'a> {
     plan: &'a ScaleOutPlan,
     writer: &'a CheckpointWriter,
     router: RouterSpec,
-    done: AtomicU64,
-    total: u64,
-    progress: &'a (dyn Fn(u64, u64) + Sync),
+    written: ProgressCounter<'a>,
 }
 
 /// Upcycles the dense model in `source_dir` into `out_dir`: [`ScaleOutPlan::new`] on its config,
@@ -129,9 +127,7 @@ pub fn execute(
             granularity: options.granularity,
             hidden: plan.config.hidden_size,
         },
-        done: AtomicU64::new(0),
-        total,
-        progress,
+        written: ProgressCounter::new(total, Some(progress)),
     };
     run_jobs(&run, &jobs, options.threads)?;
     let copy_seconds = started.elapsed().as_secs_f64();
@@ -219,11 +215,8 @@ fn default_threads() -> usize {
 /// Runs jobs in order on `threads` workers; the first error stops the others.
 fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
     let threads = threads.unwrap_or_else(default_threads).max(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("escale-scale-out-{i}"))
-        .build()
-        .map_err(|e| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message: format!("thread pool: {e}") })?;
+    let pool = worker_pool(threads, "scale-out")
+        .map_err(|message| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message })?;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<ScaleOutError>> = Mutex::new(None);
@@ -250,8 +243,7 @@ fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
 impl Run<'_> {
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.writer.write_bytes(name, bytes)?;
-        let done = self.done.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
-        (self.progress)(done, self.total);
+        self.written.add(bytes.len() as u64);
         Ok(())
     }
 }
@@ -263,12 +255,9 @@ fn run_job(run: &Run, job: &Job) -> Result<()> {
         return run.write(&t.name, &bytes);
     };
     let info = run.ckpt.info(source).ok_or_else(|| FormatError::tensor(run.ckpt.dir(), source, "not found"))?.clone();
-    let bytes = run.ckpt.bytes(source)?;
-    pages::will_need(bytes);
-    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes };
-    let result = write_derived(run, &dense, &job.outputs);
-    pages::done_with(bytes);
-    result
+    let mapped = SourceBytes::map(run.ckpt, source)?;
+    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes: mapped.bytes() };
+    write_derived(run, &dense, &job.outputs)
 }
 
 fn standalone_bytes(run: &Run, t: &PlannedTensor, dtype: DType) -> Vec<u8> {

@@ -18,7 +18,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
-use escale_util::pages;
 use escale_util::rng::splitmix64;
 
 use super::manifest::ScaleUpManifest;
@@ -26,6 +25,7 @@ use super::plan::ScaleUpPlan;
 use crate::GrowthManifest;
 use super::rules::TensorRule;
 use super::ScaleUpError;
+use crate::exec::{worker_pool, Progress, ProgressCounter, SourceBytes};
 
 /// How to write the output.
 #[derive(Clone, Debug)]
@@ -63,8 +63,6 @@ pub struct ScaleUpReport {
     pub seconds: f64,
 }
 
-/// Progress callback: `(output bytes done, output bytes total)`.
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// Runs `plan` on the opened source checkpoint `src`, writing a complete HF folder to `out_dir`
 /// (config.json, weights, tokenizer files, and the manifest [`crate::MANIFEST_FILE`]). On any
@@ -92,7 +90,7 @@ pub fn execute(
     GrowthManifest::ScaleUp(Box::new(ScaleUpManifest::new(plan, src.dir()))).write(writer.staging_dir())?;
 
     let budget = ByteBudget::new(opts.memory_budget_bytes.max(1));
-    let done = AtomicU64::new(0);
+    let written = ProgressCounter::new(total, progress);
     let read = AtomicU64::new(0);
     let work = || (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
         let spec = &specs[i];
@@ -100,17 +98,12 @@ pub fn execute(
         let source_bytes: u64 = rules[i].sources.iter().map(|s| reader.byte_len(s)).sum();
         let _permit = budget.acquire(spec.byte_len().min(CHUNK_BYTES as u64) + source_bytes);
         write_tensor(&rules[i], &reader, spec, &writer, &read)?;
-        let now = done.fetch_add(spec.byte_len(), Ordering::Relaxed) + spec.byte_len();
-        if let Some(p) = progress {
-            p(now, total);
-        }
+        written.add(spec.byte_len());
         Ok(())
     });
     match opts.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| ScaleUpError::Invalid { context: "--threads".into(), message: e.to_string() })?
+        Some(n) => worker_pool(n, "scale-up")
+            .map_err(|message| ScaleUpError::Invalid { context: "--threads".into(), message })?
             .install(work)?,
         None => work()?,
     }
@@ -170,6 +163,9 @@ struct SourceReader<'a> {
 struct Src<'a> {
     dtype: DType,
     bytes: &'a [u8],
+    /// The mapping these bytes come from, released when the source is dropped (`None` for
+    /// in-memory sources).
+    _mapped: Option<SourceBytes<'a>>,
     /// Row length (a vector is one row).
     cols: usize,
 }
@@ -200,9 +196,8 @@ impl<'a> SourceReader<'a> {
                 return Err(FormatError::tensor(self.ckpt.dir(), name, format!("expected a vector or matrix, found shape {other:?}")).into())
             }
         };
-        let bytes = self.ckpt.bytes(name)?;
-        pages::will_need(bytes);
-        Ok(Src { dtype: info.dtype, bytes, cols })
+        let mapped = SourceBytes::map(self.ckpt, name)?;
+        Ok(Src { dtype: info.dtype, bytes: mapped.bytes(), cols, _mapped: Some(mapped) })
     }
 }
 
@@ -246,9 +241,7 @@ fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, wri
             }
         }
     }, 0);
-    for s in &srcs {
-        pages::done_with(s.bytes);
-    }
+    drop(srcs); // releases the sources' pages before the last write
     match failed {
         Some(e) => Err(e),
         None => flush(&mut chunk),
@@ -356,7 +349,7 @@ pub fn apply_rule(rule: &TensorRule, sources: &[&[f32]], src_cols: &[usize]) -> 
         return vec![0f32; rule.rows.len() * rule.cols.len()];
     }
     let raw: Vec<Vec<u8>> = sources.iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols }).collect();
+    let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols, _mapped: None }).collect();
     run_rule(rule, &srcs, |row, out: &mut Vec<f32>| out.extend_from_slice(row), rule.rows.len() * rule.cols.len())
 }
 

@@ -14,7 +14,8 @@ mod rules;
 
 use std::path::Path;
 
-pub use execute::{apply_rule, execute, ExecOptions, Progress, ScaleUpReport};
+pub use crate::exec::Progress;
+pub use execute::{apply_rule, execute, ExecOptions, ScaleUpReport};
 pub use manifest::{DimsRecord, MapsRecord, ScaleUpManifest, ScalesRecord, SeedsRecord};
 pub use maps::{depth_map, head_map, DepthMap, DepthMethod, MapKind, UnitMap};
 pub use options::{AkiConsumerSource, AkiScope, Fanout, Method, Preset, ScaleUpOptions};
