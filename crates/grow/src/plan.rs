@@ -1,19 +1,91 @@
-//! The vocabulary both growths share: the exactness verdict of a plan and the growth manifest
-//! (`escale_growth.json`) written into every grown model folder and read back by the trainer and
-//! the pipeline.
+//! The vocabulary both growths share: a plan ([`GrowthPlan`]) of planned tensors, each with its
+//! rule ([`PlannedTensor`], [`Rule`]), the exactness verdict of a plan ([`Exactness`]) and the
+//! growth manifest (`escale_growth.json`, [`GrowthManifest`]) written into every grown model
+//! folder and read back by the trainer and the pipeline.
 //!
 //! A growth is planned from configs alone ([`crate::scale_up::ScaleUpPlan`],
-//! [`crate::scale_out::ScaleOutPlan`]), which judge whether the result is function preserving
-//! ([`Exactness`]); executing a plan writes its [`GrowthManifest`] next to the weights.
+//! [`crate::scale_out::ScaleOutPlan`]), which judge whether the result is function preserving;
+//! executing a plan streams the source through the rules (see `exec`) and writes its manifest
+//! next to the weights.
 
 use std::path::Path;
 
 use escale_formats::writer::write_file;
-use escale_formats::{DType, FormatError};
+use escale_formats::{DType, FormatError, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::scale_out::ScaleOutManifest;
-use crate::scale_up::ScaleUpManifest;
+use crate::scale_out::{self, ScaleOutManifest, ScaleOutPlan};
+use crate::scale_up::{self, ScaleUpManifest, ScaleUpPlan};
+
+/// One tensor of a growth's output. `R` is the rule that makes it: [`Rule`] across growths, or
+/// one engine's own rule type inside that engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedTensor<R = Rule> {
+    pub name: String,
+    /// Stored dtype; `None`: the dtype of its main source tensor, known once the checkpoint is
+    /// opened.
+    pub dtype: Option<DType>,
+    pub shape: Vec<usize>,
+    pub rule: R,
+}
+
+/// How an output tensor is made, by either growth.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// A scaled gather of rows and columns of one or two source tensors (width and depth growth).
+    ScaleUp(Box<scale_up::TensorRule>),
+    /// A copy, expert shard, shared-expert part, router or zeros (sparse upcycling).
+    ScaleOut(scale_out::TensorRule),
+}
+
+/// What every growth plan states before a byte is read.
+pub trait GrowthPlan {
+    /// The output `config.json`.
+    fn output_config(&self) -> &ModelConfig;
+    fn exactness(&self) -> &Exactness;
+    /// Every output tensor with its rule, in the output's `state_dict` order.
+    fn planned_tensors(&self) -> Vec<PlannedTensor>;
+}
+
+impl GrowthPlan for ScaleUpPlan {
+    fn output_config(&self) -> &ModelConfig {
+        &self.target
+    }
+
+    fn exactness(&self) -> &Exactness {
+        &self.exactness
+    }
+
+    fn planned_tensors(&self) -> Vec<PlannedTensor> {
+        let tensor = |t: &scale_up::OutputTensor| PlannedTensor {
+            name: t.name.clone(),
+            dtype: self.options.dtype,
+            shape: t.shape.clone(),
+            rule: Rule::ScaleUp(Box::new(self.rule_for(t))),
+        };
+        self.tensors.iter().map(tensor).collect()
+    }
+}
+
+impl GrowthPlan for ScaleOutPlan {
+    fn output_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn exactness(&self) -> &Exactness {
+        &self.exactness
+    }
+
+    fn planned_tensors(&self) -> Vec<PlannedTensor> {
+        let tensor = |t: &PlannedTensor<scale_out::TensorRule>| PlannedTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            rule: Rule::ScaleOut(t.rule.clone()),
+        };
+        self.tensors.iter().map(tensor).collect()
+    }
+}
 
 /// File name of the manifest written into every grown model folder.
 pub const MANIFEST_FILE: &str = "escale_growth.json";
@@ -117,6 +189,25 @@ pub fn read_record<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, Form
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_plans_speak_the_same_vocabulary() {
+        let v = serde_json::json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 2});
+        let src = ModelConfig::from_json(v, Path::new("src/config.json")).unwrap();
+        let dims = scale_up::TargetDims { hidden_size: Some(16), ..Default::default() };
+        let o = scale_up::ScaleUpOptions { method: scale_up::Method::Fpi, ..Default::default() };
+        let up = ScaleUpPlan::new(&src, &scale_up::Target::Dims(dims), &o).unwrap();
+        let out = ScaleOutPlan::new(&src, &scale_out::ScaleOutOptions { experts: 4, ..Default::default() }).unwrap();
+        let plans: [&dyn GrowthPlan; 2] = [&up, &out];
+        for plan in plans {
+            let tensors = plan.planned_tensors();
+            assert!(plan.exactness().exact, "{:?}", plan.exactness());
+            assert_eq!(tensors.len(), escale_formats::naming::expected_params(plan.output_config()).len());
+        }
+        assert!(up.planned_tensors().iter().all(|t| matches!(t.rule, Rule::ScaleUp(_))));
+        assert!(out.planned_tensors().iter().all(|t| matches!(t.rule, Rule::ScaleOut(_))));
+    }
 
     #[test]
     fn stored_dtype_rounding_spares_f32_copies_and_powers_of_two() {

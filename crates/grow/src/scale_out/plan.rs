@@ -42,13 +42,8 @@ pub enum TensorRule {
     Zeros,
 }
 
-/// One tensor of the output checkpoint.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlannedTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub rule: TensorRule,
-}
+/// One tensor of the output checkpoint, with the scale-out rule that makes it.
+pub type PlannedTensor = crate::plan::PlannedTensor<TensorRule>;
 
 /// A validated scale-out, ready to execute with [`super::upcycle`].
 #[derive(Clone, Debug)]
@@ -304,7 +299,7 @@ fn plan_tensors(source: &ModelConfig, plan: &ScaleOutPlan) -> Vec<PlannedTensor>
                 }
                 other => TensorRule::Copy { source: src_name(other) },
             };
-            PlannedTensor { name: hf_name(out_type, param), shape, rule }
+            PlannedTensor { name: hf_name(out_type, param), dtype: plan.options.dtype, shape, rule }
         })
         .collect()
 }
