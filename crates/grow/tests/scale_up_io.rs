@@ -6,19 +6,10 @@ mod scale_up_support;
 use std::path::Path;
 
 use escale_formats::{Checkpoint, DType, ModelConfig};
-use escale_grow::scale_up::{scale_up, DepthMethod, ExecOptions, Method, Preset, ScaleUpOptions, Target, TargetDims};
+use escale_grow::scale_up::{scale_up, DepthMethod, ExecOptions, Method, Preset, ScaleUpOptions, Target};
 use escale_grow::MANIFEST_FILE;
-use scale_up_support::{make_tiny, tiny_config, Model, IDS};
+use scale_up_support::{dims, make_tiny, tiny_config, Model, IDS};
 use serde_json::Value;
-
-fn dims(hidden: usize, ffn: usize, heads: usize, layers: usize) -> Target {
-    Target::Dims(TargetDims {
-        hidden_size: Some(hidden),
-        intermediate_size: Some(ffn),
-        num_attention_heads: Some(heads),
-        num_hidden_layers: Some(layers),
-    })
-}
 
 fn leftovers(parent: &Path) -> Vec<String> {
     std::fs::read_dir(parent)

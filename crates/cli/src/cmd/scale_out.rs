@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use escale_formats::writer::{check_output, WriterOptions};
-use escale_formats::{Checkpoint, DType};
+use escale_formats::writer::WriterOptions;
 use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
 
-use super::scale_up::{named_enum, parse_dtype, parse_size_arg, print_verdict, report_stored_drift};
+use super::scale_up::{named_enum, open_source, print_verdict, report_stored_drift, WriteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -58,15 +57,8 @@ pub struct Args {
     /// router_aux_loss_coef written to config.json (HF convention: added once over all layers).
     #[arg(long, default_value_t = ScaleOutOptions::default().aux_loss_coef)]
     pub aux_loss_coef: f64,
-    /// Output dtype (f32, bf16, f16); default: the source tensors' dtype.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
-    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
-    pub max_shard_size: u64,
-    /// Replace an existing output folder (atomically, once the new one is complete).
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Worker threads for the copy (default: available cores, at least 4 to keep the disk busy, at most 8).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -93,24 +85,21 @@ impl Args {
             drop_ratio: self.drop_upcycling,
             renormalize: !self.no_renormalize,
             aux_loss_coef: self.aux_loss_coef,
-            dtype: self.dtype,
+            dtype: self.write.dtype,
             threads: self.threads,
         }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !args.dry_run {
-        check_output(&args.output, args.force)?;
-    }
-    let src = Checkpoint::open(&args.source).with_context(|| format!("opening {}", args.source.display()))?;
+    let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
     let plan = ScaleOutPlan::new(&src.config, &args.options())
         .with_context(|| format!("planning the scale-out of {}", args.source.display()))?;
     print_plan(&plan);
     if args.dry_run {
         return Ok(());
     }
-    let writer = WriterOptions { max_shard_bytes: args.max_shard_size, force: args.force };
+    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force };
     let bar = super::progress::bytes_bar("scale-out", args.quiet);
     let report = execute(plan, &src, &args.output, &writer, &|done, total| {
         bar.set_length(total);

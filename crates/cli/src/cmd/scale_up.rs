@@ -65,16 +65,8 @@ pub struct Args {
     /// Seed of every random choice (random maps, LEMON noise); recorded in the manifest.
     #[arg(long, default_value_t = ScaleUpOptions::default().seed)]
     pub seed: u64,
-    /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
-    /// rounded once.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
-    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
-    pub max_shard_size: u64,
-    /// Replace an existing output folder (atomically, once the new one is complete).
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer or from the
     /// layer itself (`self`).
     #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_consumer_source,
@@ -96,6 +88,21 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// How a growth command writes its output (shared by scale-up and scale-out).
+#[derive(clap::Args, Debug)]
+pub struct WriteArgs {
+    /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
+    /// rounded once.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
+    pub max_shard_size: u64,
+    /// Replace an existing output folder (atomically, once the new one is complete).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `--fanout`: LEMON's default std depends on the source config, so it is resolved later.
@@ -149,12 +156,12 @@ fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
     }
 }
 
-pub(super) fn parse_dtype(s: &str) -> Result<DType, String> {
+fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
 }
 
 /// A positive byte size such as 5GB or 500MB.
-pub(super) fn parse_size_arg(s: &str) -> Result<u64, String> {
+fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
 }
 
@@ -187,24 +194,30 @@ impl Args {
             seed: self.seed,
             aki_consumer_source: self.aki_consumer_source,
             aki_scope: self.aki_scope,
-            dtype: self.dtype,
+            dtype: self.write.dtype,
         }
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if !args.dry_run {
-        check_output(&args.output, args.force)?;
+/// Opens the source checkpoint of a growth command. Unless it is a dry run, an occupied output
+/// folder is refused first, before any work.
+pub(super) fn open_source(source: &Path, output: &Path, force: bool, dry_run: bool) -> anyhow::Result<Checkpoint> {
+    if !dry_run {
+        check_output(output, force)?;
     }
+    Checkpoint::open(source).with_context(|| format!("opening {}", source.display()))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
     let target = args.target()?;
-    let src = Checkpoint::open(&args.source).with_context(|| format!("opening {}", args.source.display()))?;
     let plan = ScaleUpPlan::new(&src.config, &target, &args.options(&src.config))
         .with_context(|| format!("planning the scale-up of {}", args.source.display()))?;
     print_plan(&plan);
     if args.dry_run {
         return Ok(());
     }
-    let exec = ExecOptions { max_shard_bytes: args.max_shard_size, force: args.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
+    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
     let bar = super::progress::bytes_bar("scale-up", args.quiet);
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
