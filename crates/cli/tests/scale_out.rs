@@ -72,6 +72,18 @@ fn scale_out_flags_reach_the_plan() {
 }
 
 #[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let Some(src) = stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("never");
+    let o = escale(&["scale-out", src.to_str().unwrap(), out.to_str().unwrap(), "--experts", "4", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("scale-out plan") && stdout.contains("mixtral") && stdout.contains("exact:"), "{stdout}");
+    assert!(!out.exists());
+}
+
+#[test]
 fn scale_out_bad_input_fails_cleanly() {
     let Some(src) = stories() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -54,6 +54,31 @@ fn exact_growth_passes_verify_on_tinyshakespeare() {
     assert!(v.status.success(), "{}", text(&v));
 }
 
+/// Issue 12: a zero-pad growth (exact in f32) of a bf16 GQA model scales weights by non-powers of
+/// two that bf16 cannot hold, so it reports the measured drift and the flag that keeps it exact;
+/// the same growth stored in f32 reports exact.
+#[test]
+fn bf16_zero_pad_growth_reports_its_drift_and_f32_reports_exact() {
+    let Some(data) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bf16 = tmp.path().join("bf16");
+    let o = scale_up(&data.join("models/stories260K"), &bf16, &["--method", "fpi", "--preset", "zero-pad", "--dtype", "bf16"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut args = GROW.to_vec();
+    args.extend(["--method", "fpi", "--preset", "zero-pad", "--depth", "interpolate-identity"]);
+    let o = scale_up(&bf16, &tmp.path().join("grown-bf16"), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("bf16 growth:\n{stdout}");
+    assert!(stdout.contains("exact in f32 only") && stdout.contains("stored-dtype drift over") && stdout.contains("--dtype f32"), "{stdout}");
+    assert!(!stdout.contains("  exact:") && !stdout.contains("NOT exact"), "{stdout}");
+    args.extend(["--dtype", "f32"]);
+    let o = scale_up(&bf16, &tmp.path().join("grown-f32"), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("  exact:") && !stdout.contains("drift"), "{stdout}");
+}
+
 #[test]
 fn aki_pro_growth_runs_and_verify_reports_its_loss() {
     let Some(data) = shared() else { return };

@@ -5,11 +5,20 @@
 //! This crate never depends on the model or training engine, so surgery stays fast, streaming and
 //! testable on its own.
 //!
-//! * [`scale_up`]: dense width (hidden, FFN, query heads; GQA-aware) and depth growth: FPI, AKI, AKI-Pro.
+//! * [`plan`]: the vocabulary both growths share: [`GrowthPlan`], [`PlannedTensor`] with its
+//!   [`Rule`], the [`Exactness`] verdict (aware of the stored dtype) and the typed
+//!   [`GrowthManifest`] written as [`MANIFEST_FILE`].
+//! * `exec`: the streaming machinery both executors run on (mapped sources that release their
+//!   pages, progress over output bytes, worker pools).
+//! * [`scale_up`]: dense width (hidden, FFN, query heads; GQA-aware) and depth growth: FPI, AKI,
+//!   AKI-Pro. `ScaleUpPlan::new` then `scale_up::execute`.
 //! * [`scale_out`]: sparse upcycling of a dense model into a Mixture of Experts.
+//!   `ScaleOutPlan::new` then `scale_out::execute`; each output format in `scale_out/format/`.
 
+mod exec;
+pub mod plan;
 pub mod scale_out;
 pub mod scale_up;
 
-/// File name of the manifest written into every grown model folder.
-pub const MANIFEST_FILE: &str = "escale_growth.json";
+pub use exec::Progress;
+pub use plan::{Exactness, GrowthManifest, GrowthPlan, PlannedTensor, Rule, MANIFEST_FILE};

@@ -61,6 +61,30 @@ fn run(src: &Path, out: &Path, o: &ScaleOutOptions) -> UpcycleReport {
     upcycle(src, out, o, &WriterOptions::default(), &|_, _| {}).unwrap()
 }
 
+#[test]
+fn plan_then_execute_writes_a_typed_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = write_dense(&tmp.path().join("dense"), dense_config("llama", false), DType::F32, 5);
+    let ckpt = Checkpoint::open(&src).unwrap();
+    let plan = escale_grow::scale_out::ScaleOutPlan::new(&ckpt.config, &opts(4, 2)).unwrap();
+    let out = tmp.path().join("moe");
+    let report = escale_grow::scale_out::execute(plan.clone(), &ckpt, &out, &WriterOptions::default(), &|_, _| {}).unwrap();
+    assert_eq!(report.tensors, plan.tensors.len());
+    let escale_grow::GrowthManifest::ScaleOut(m) = escale_grow::GrowthManifest::read(&out).unwrap() else {
+        panic!("a scale-out writes a scale-out manifest")
+    };
+    assert_eq!((m.experts, m.top_k, m.format), (4, 2, MoeFormat::Mixtral));
+    assert_eq!(m.exactness, plan.exactness);
+    assert!(m.exactness.exact);
+    // A plan made for another source is refused before anything is written.
+    let mut wider = dense_config("llama", false);
+    wider["intermediate_size"] = json!(FFN * 2);
+    let other = Checkpoint::open(&write_dense(&tmp.path().join("other"), wider, DType::F32, 5)).unwrap();
+    let e = escale_grow::scale_out::execute(plan, &other, &tmp.path().join("x"), &WriterOptions::default(), &|_, _| {});
+    assert!(e.unwrap_err().to_string().contains("differs from the one the plan was made for"));
+    assert!(!tmp.path().join("x").exists());
+}
+
 fn mlp(l: usize, site: MlpSite, part: MlpPart) -> Param {
     Param::Layer(l, LayerParam::Mlp(site, part))
 }
@@ -377,7 +401,7 @@ fn noise_gives_a_bounded_per_expert_difference() {
     let std = 0.01;
     let report = run(&src, &out, &ScaleOutOptions { noise: std, ..opts(4, 2) });
     assert!(!report.plan.exactness.exact);
-    assert!(report.plan.exactness.broken_by[0].contains("--noise"));
+    assert!(report.plan.exactness.reasons[0].contains("--noise"));
     let (dense, moe) = (Checkpoint::open(&src).unwrap(), Checkpoint::open(&out).unwrap());
     let d = f32s(&dense, mlp(0, MlpSite::Dense, MlpPart::Up));
     let mut diffs = Vec::new();

@@ -8,21 +8,12 @@ use std::path::{Path, PathBuf};
 
 use escale_formats::DType;
 use escale_grow::scale_up::{
-    scale_up, AkiConsumerSource, DepthMethod, ExecOptions, Fanout, Method, Preset, ScaleUpOptions, Target, TargetDims,
+    scale_up, AkiConsumerSource, DepthMethod, ExecOptions, Fanout, Method, Preset, ScaleUpOptions, Target,
 };
-use scale_up_support::{logit_delta, make_tiny, tiny_config, Model, IDS};
+use scale_up_support::{dims, logit_delta, make_tiny, tiny_config, Model, IDS};
 
 const FAMILIES: [(&str, bool); 6] =
     [("llama", false), ("llama", true), ("mistral", false), ("mistral", true), ("qwen2", false), ("qwen2", true)];
-
-fn dims(hidden: usize, ffn: usize, heads: usize, layers: usize) -> Target {
-    Target::Dims(TargetDims {
-        hidden_size: Some(hidden),
-        intermediate_size: Some(ffn),
-        num_attention_heads: Some(heads),
-        num_hidden_layers: Some(layers),
-    })
-}
 
 fn fpi(preset: Preset) -> ScaleUpOptions {
     ScaleUpOptions { method: Method::Fpi, preset, ..Default::default() }

@@ -6,19 +6,10 @@ mod scale_up_support;
 use std::path::Path;
 
 use escale_formats::{Checkpoint, DType, ModelConfig};
-use escale_grow::scale_up::{scale_up, DepthMethod, ExecOptions, Method, Preset, ScaleUpOptions, Target, TargetDims};
+use escale_grow::scale_up::{scale_up, DepthMethod, ExecOptions, Method, Preset, ScaleUpOptions, Target};
 use escale_grow::MANIFEST_FILE;
-use scale_up_support::{make_tiny, tiny_config, Model, IDS};
+use scale_up_support::{dims, make_tiny, tiny_config, Model, IDS};
 use serde_json::Value;
-
-fn dims(hidden: usize, ffn: usize, heads: usize, layers: usize) -> Target {
-    Target::Dims(TargetDims {
-        hidden_size: Some(hidden),
-        intermediate_size: Some(ffn),
-        num_attention_heads: Some(heads),
-        num_hidden_layers: Some(layers),
-    })
-}
 
 fn leftovers(parent: &Path) -> Vec<String> {
     std::fs::read_dir(parent)
@@ -63,6 +54,24 @@ fn output_folder_has_updated_config_manifest_and_tokenizer() {
     assert_eq!(m["maps"]["depth_zeroed_layers"], serde_json::json!([1, 3]));
     assert!(m["source"].as_str().unwrap().ends_with("src"));
     assert_eq!(m["seeds"]["seed"], 0);
+}
+
+#[test]
+fn manifest_reads_back_as_the_typed_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tiny(&src, tiny_config("llama", true, false), 2, DType::F32);
+    let out = tmp.path().join("out");
+    let o = ScaleUpOptions { method: Method::Fpi, depth: Some(DepthMethod::Identity), ..Default::default() };
+    let (plan, _) = scale_up(&src, &out, &dims(16, 24, 4, 4), &o, &ExecOptions::default(), None).unwrap();
+    let escale_grow::GrowthManifest::ScaleUp(m) = escale_grow::GrowthManifest::read(&out).unwrap() else {
+        panic!("a scale-up writes a scale-up manifest")
+    };
+    assert_eq!(m.options, o);
+    assert_eq!(m.exactness, plan.exactness);
+    assert_eq!(m.maps.depth, plan.depth.map);
+    assert_eq!(m.new_layers(), m.maps.depth_zeroed_layers);
+    assert!(!m.new_layers().is_empty());
 }
 
 #[test]

@@ -5,47 +5,43 @@
 use std::path::Path;
 
 use escale_formats::{parse_hf_name, LayerParam, MlpSite, ModelType, Param};
-use serde_json::Value;
+use escale_grow::scale_up::ScaleUpManifest;
+use escale_grow::MANIFEST_FILE;
 
 use crate::config::TrainOnly;
 use crate::error::{Result, TrainError};
 
-/// Name of the manifest `escale scale-up` writes into the grown model's folder.
-pub const GROWTH_MANIFEST: &str = "escale_growth.json";
-
-/// Layers that Scale-Up added, from its manifest: the zero-initialised copies when the depth
-/// method made them (identity / interpolate-identity), otherwise every repeat of a source layer
-/// after its first occurrence in `maps.depth` (stack / interpolate duplicate layers).
+/// Layers that Scale-Up added, from its manifest ([`ScaleUpManifest::new_layers`]): the
+/// zero-initialised copies when the depth method made them (identity / interpolate-identity),
+/// otherwise every repeat of a source layer after its first occurrence in `maps.depth` (stack /
+/// interpolate duplicate layers).
 pub fn new_layers_from_manifest(model_dir: &Path) -> Result<Vec<usize>> {
-    let path = model_dir.join(GROWTH_MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        TrainError::config(
+    let path = model_dir.join(MANIFEST_FILE);
+    let manifest: ScaleUpManifest = escale_grow::plan::read_record(model_dir).map_err(|e| match e {
+        escale_formats::FormatError::Io { source, .. } => TrainError::config(
             "train_only",
-            format!("new-layers needs the Scale-Up manifest {}: {e}", path.display()),
-        )
+            format!("new-layers needs the Scale-Up manifest {}: {source}", path.display()),
+        ),
+        other => TrainError::config("train_only", other.to_string()),
     })?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::config("train_only", format!("{} is not valid JSON: {e}", path.display())))?;
-    let maps = &v["maps"];
-    let as_list = |x: &Value| -> Option<Vec<usize>> {
-        x.as_array()?.iter().map(|n| n.as_u64().map(|n| n as usize)).collect()
-    };
-    let zeroed = as_list(&maps["depth_zeroed_layers"]).unwrap_or_default();
-    if !zeroed.is_empty() {
-        return Ok(zeroed);
-    }
-    let depth = as_list(&maps["depth"]).ok_or_else(|| {
-        TrainError::config("train_only", format!("{}: `maps.depth` missing or not a list of layer indices", path.display()))
-    })?;
-    let mut seen = std::collections::HashSet::new();
-    let repeats: Vec<usize> = (0..depth.len()).filter(|&l| !seen.insert(depth[l])).collect();
-    if repeats.is_empty() {
+    if manifest.maps.depth.is_empty() {
         return Err(TrainError::config(
             "train_only",
-            format!("{}: this Scale-Up added no layers (depth map {depth:?}), so new-layers would train nothing", path.display()),
+            format!("{}: `maps.depth` missing or empty; is this a Scale-Up manifest?", path.display()),
         ));
     }
-    Ok(repeats)
+    let layers = manifest.new_layers();
+    if layers.is_empty() {
+        return Err(TrainError::config(
+            "train_only",
+            format!(
+                "{}: this Scale-Up added no layers (depth map {:?}), so new-layers would train nothing",
+                path.display(),
+                manifest.maps.depth
+            ),
+        ));
+    }
+    Ok(layers)
 }
 
 fn is_expert_param(p: Param) -> bool {
@@ -115,9 +111,9 @@ mod tests {
     #[test]
     fn new_layers_from_zeroed_copies_or_repeats() {
         let dir = tempfile::tempdir().unwrap();
-        let m = dir.path().join(GROWTH_MANIFEST);
+        let m = dir.path().join(MANIFEST_FILE);
         let err = select_trainable(names(ModelType::Llama, 4), ModelType::Llama, TrainOnly::NewLayers, dir.path()).unwrap_err();
-        assert!(err.to_string().contains(GROWTH_MANIFEST), "{err}");
+        assert!(err.to_string().contains(MANIFEST_FILE), "{err}");
         std::fs::write(&m, r#"{"maps": {"depth": [0, 0, 1, 1], "depth_zeroed_layers": [1, 3]}}"#).unwrap();
         assert_eq!(new_layers_from_manifest(dir.path()).unwrap(), vec![1, 3]);
         std::fs::write(&m, r#"{"maps": {"depth": [0, 1, 0, 1], "depth_zeroed_layers": []}}"#).unwrap();

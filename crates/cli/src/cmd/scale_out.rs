@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use escale_formats::writer::{parse_size, WriterOptions};
-use escale_formats::DType;
-use escale_grow::scale_out::{upcycle, MoeFormat, RouterInit, ScaleOutOptions, UpcycleReport};
+use escale_formats::writer::WriterOptions;
+use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
+
+use super::scale_up::{named_enum, open_source, print_verdict, report_stored_drift, WriteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,78 +15,59 @@ pub struct Args {
     /// Output folder for the MoE model (must not exist or be empty, unless --force).
     pub output: PathBuf,
     /// Routed experts per layer; every expert starts as a copy (or a shard) of the dense MLP.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().experts)]
     pub experts: usize,
     /// Experts used per token. With --granularity G it must be a multiple of G for exactness.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().top_k)]
     pub top_k: usize,
-    /// Output layout: `mixtral` (default for sources without QKV bias) or `qwen2_moe` (default,
-    /// and required, for sources with QKV bias such as qwen2 and Aquila).
-    #[arg(long, value_parser = parse_format)]
+    /// Output layout: `mixtral` (when unset, for sources without QKV bias) or `qwen2_moe` (when
+    /// unset, and required, for sources with QKV bias such as qwen2 and Aquila).
+    #[arg(long, value_parser = named_enum::<MoeFormat>("format"))]
     pub format: Option<MoeFormat>,
     /// Router initialisation: `normal` (N(0, std²)), `zeros`, or `uniform` (±1/√hidden).
-    #[arg(long, default_value = "normal", value_parser = parse_router_init)]
+    #[arg(long, value_enum, default_value_t = ScaleOutOptions::default().router_init,
+        value_parser = named_enum::<RouterInit>("router init"))]
     pub router_init: RouterInit,
     /// Standard deviation of the normal router. 0.02 follows HF/Megatron (std); AquilaMoE's
     /// "variance 0.02" reading would be 0.1414.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().router_std)]
     pub router_std: f64,
     /// Seed for the router, noise and drop-upcycling draws (derived per layer and expert).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().seed)]
     pub seed: u64,
     /// Fine-grained experts: each holds a 1/G shard of the FFN, routers repeat per group of G,
     /// down_proj is scaled by G so the output stays exact. G must divide the FFN and --experts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().granularity)]
     pub granularity: usize,
     /// qwen2_moe only: a live shared expert of N FFN shards (N >= G), with routed experts halved
     /// so the output stays exact. 0 = neutral shared expert (zero weights and gate: exact, inert).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().shared_experts)]
     pub shared_experts: usize,
     /// Add N(0, STD²) noise to every routed expert (breaks exactness on purpose, for diversity).
-    #[arg(long, default_value_t = 0.0, value_name = "STD")]
+    #[arg(long, default_value_t = ScaleOutOptions::default().noise, value_name = "STD")]
     pub noise: f64,
     /// Drop-Upcycling: per expert, re-initialise floor(RATIO·I) neurons from the dense matrix's
     /// mean/std (breaks exactness on purpose; 0.5 was best in the paper).
-    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    #[arg(long, default_value_t = ScaleOutOptions::default().drop_ratio, value_name = "RATIO")]
     pub drop_upcycling: f64,
     /// qwen2_moe only: norm_topk_prob=false. NOT function-preserving (each token's output is scaled
     /// by its top-k probability mass); a warning is printed.
     #[arg(long)]
     pub no_renormalize: bool,
     /// router_aux_loss_coef written to config.json (HF convention: added once over all layers).
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = ScaleOutOptions::default().aux_loss_coef)]
     pub aux_loss_coef: f64,
-    /// Output dtype (f32, bf16, f16); default: the source tensors' dtype.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
-    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
-    pub max_shard_size: u64,
-    /// Replace an existing output folder (atomically, once the new one is complete).
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Worker threads for the copy (default: available cores, at least 4 to keep the disk busy, at most 8).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print the plan and its exactness verdict, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-fn parse_format(s: &str) -> Result<MoeFormat, String> {
-    MoeFormat::parse(s).ok_or_else(|| format!("unknown format `{s}` (expected mixtral or qwen2_moe)"))
-}
-
-fn parse_router_init(s: &str) -> Result<RouterInit, String> {
-    RouterInit::parse(s).ok_or_else(|| format!("unknown router init `{s}` (expected normal, zeros or uniform)"))
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
-}
-
-fn parse_shard_size(s: &str) -> Result<u64, String> {
-    parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
 }
 
 impl Args {
@@ -103,33 +85,38 @@ impl Args {
             drop_ratio: self.drop_upcycling,
             renormalize: !self.no_renormalize,
             aux_loss_coef: self.aux_loss_coef,
-            dtype: self.dtype,
+            dtype: self.write.dtype,
             threads: self.threads,
         }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let options = args.options();
-    let writer = WriterOptions { max_shard_bytes: args.max_shard_size, force: args.force };
+    let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
+    let plan = ScaleOutPlan::new(&src.config, &args.options())
+        .with_context(|| format!("planning the scale-out of {}", args.source.display()))?;
+    print_plan(&plan);
+    if args.dry_run {
+        return Ok(());
+    }
+    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force };
     let bar = super::progress::bytes_bar("scale-out", args.quiet);
-    let report = upcycle(&args.source, &args.output, &options, &writer, &|done, total| {
+    let report = execute(plan, &src, &args.output, &writer, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
     .with_context(|| format!("scale-out of {}", args.source.display()))?;
     bar.finish_and_clear();
     print_summary(&report);
-    Ok(())
+    report_stored_drift(&report.plan.exactness, &args.source, &report.output)
 }
 
-fn print_summary(r: &UpcycleReport) {
-    let p = &r.plan;
+fn print_plan(p: &ScaleOutPlan) {
     let o = &p.options;
     for w in &p.warnings {
         eprintln!("{w}");
     }
-    println!("wrote {} ({} model, {} tensors)", r.output.display(), p.format, r.tensors);
+    println!("scale-out plan: {} -> {} model", p.source_type, p.format);
     println!(
         "  experts {} x FFN {} (granularity {}), top-{}, router {} std {} seed {}",
         o.experts,
@@ -143,6 +130,11 @@ fn print_summary(r: &UpcycleReport) {
     if p.shared_ffn > 0 {
         println!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
     }
+    print_verdict(&p.exactness, "the MoE computes the dense model's function (up to routing-weight rounding)");
+}
+
+fn print_summary(r: &UpcycleReport) {
+    println!("wrote {} ({} model, {} tensors, manifest {})", r.output.display(), r.plan.format, r.tensors, escale_grow::MANIFEST_FILE);
     let gb = |b: u64| b as f64 / 1e9;
     println!(
         "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} s copying, then fsync; {:.2} GB/s written)",
@@ -152,9 +144,4 @@ fn print_summary(r: &UpcycleReport) {
         r.copy_seconds,
         gb(r.bytes_written) / r.seconds.max(1e-9)
     );
-    if p.exactness.exact {
-        println!("  exact: the MoE computes the dense model's function (up to routing-weight rounding)");
-    } else {
-        println!("  NOT exact: {}", p.exactness.broken_by.join("; "));
-    }
 }

@@ -1,10 +1,15 @@
 //! `escale scale-up`: grow a dense model in width and depth (see `escale_grow::scale_up`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::ValueEnum;
 use escale_formats::writer::{check_output, parse_size};
 use escale_formats::{Checkpoint, DType, ModelConfig};
+use escale_grow::Exactness;
+use escale_model::evaluate::compare_models;
+use rand::{Rng, SeedableRng};
 use escale_grow::scale_up::{
     execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
     ScaleUpPlan, ScaleUpReport, Target, TargetDims,
@@ -35,22 +40,22 @@ pub struct Args {
     pub target_config: Option<PathBuf>,
     /// Width method: `fpi` (function-preserving copies), `aki` (new heads / FFN neurons from the
     /// next layer), or `aki-pro` (AKI + interpolation depth growth; AquilaMoE's choice).
-    #[arg(long, default_value = "aki-pro", value_parser = parse_method)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().method, value_parser = named_enum::<Method>("method"))]
     pub method: Method,
     /// Residual-stream preset: `fpi` (plain copies; exact only when every channel is copied
     /// equally often, e.g. 2x), `fpi-scaled` or `zero-pad` (exact for any width).
-    #[arg(long, default_value = "fpi", value_parser = parse_preset)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().preset, value_parser = named_enum::<Preset>("preset"))]
     pub preset: Preset,
-    /// Depth growth: `interpolate` (default), `stack` (bert2BERT: whole copies + top remainder),
-    /// `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks; exact), or
-    /// `interpolate-identity` (interpolation with zero-init duplicates; exact).
-    #[arg(long, value_parser = parse_depth)]
+    /// Depth growth: `interpolate` (when unset), `stack` (bert2BERT: whole copies + top
+    /// remainder), `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks;
+    /// exact), or `interpolate-identity` (interpolation with zero-init duplicates; exact).
+    #[arg(long, value_parser = named_enum::<DepthMethod>("depth method"))]
     pub depth: Option<DepthMethod>,
     /// Hidden-channel (and FFN neuron) map: `circular` (j mod d) or `random` (seeded).
-    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().hidden_map, value_parser = named_enum::<MapKind>("map"))]
     pub hidden_map: MapKind,
     /// Which head of its own KV group each new query head copies: `circular` or `random` (seeded).
-    #[arg(long, default_value = "circular", value_parser = parse_map)]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().head_map, value_parser = named_enum::<MapKind>("map"))]
     pub head_map: MapKind,
     /// Fan-out of copied units: `equal` (1/c each) or `lemon[:STD]` (equal plus zero-sum noise
     /// that keeps the function but breaks the symmetry of copies; STD defaults to the source's
@@ -58,31 +63,24 @@ pub struct Args {
     #[arg(long, default_value = "equal", value_parser = parse_fanout)]
     pub fanout: FanoutArg,
     /// Seed of every random choice (random maps, LEMON noise); recorded in the manifest.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ScaleUpOptions::default().seed)]
     pub seed: u64,
-    /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
-    /// rounded once.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
-    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
-    pub max_shard_size: u64,
-    /// Replace an existing output folder (atomically, once the new one is complete).
-    #[arg(long)]
-    pub force: bool,
-    /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer (default) or
-    /// from the layer itself (`self`).
-    #[arg(long, default_value = "upper", value_parser = parse_consumer)]
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer or from the
+    /// layer itself (`self`).
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_consumer_source,
+        value_parser = named_enum::<AkiConsumerSource>("AKI consumer source"))]
     pub aki_consumer_source: AkiConsumerSource,
-    /// AKI: fill only new heads and FFN neurons from the upper layer (`units`, default), or also
-    /// the new hidden-size rows of o_proj / down_proj (`all`).
-    #[arg(long, default_value = "units", value_parser = parse_scope)]
+    /// AKI: fill only new heads and FFN neurons from the upper layer (`units`), or also the new
+    /// hidden-size rows of o_proj / down_proj (`all`).
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_scope, value_parser = named_enum::<AkiScope>("AKI scope"))]
     pub aki_scope: AkiScope,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most output bytes held in memory at once, e.g. 256MB.
-    #[arg(long, default_value = "256MB", value_parser = parse_shard_size)]
+    #[arg(long, default_value = "256MB", value_parser = parse_size_arg)]
     pub memory_budget: u64,
     /// Print the plan and its exactness verdict, write nothing.
     #[arg(long)]
@@ -92,6 +90,21 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// How a growth command writes its output (shared by scale-up and scale-out).
+#[derive(clap::Args, Debug)]
+pub struct WriteArgs {
+    /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
+    /// rounded once.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
+    pub max_shard_size: u64,
+    /// Replace an existing output folder (atomically, once the new one is complete).
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `--fanout`: LEMON's default std depends on the source config, so it is resolved later.
 #[derive(Clone, Copy, Debug)]
 pub enum FanoutArg {
@@ -99,25 +112,33 @@ pub enum FanoutArg {
     Lemon(Option<f32>),
 }
 
-fn parse_method(s: &str) -> Result<Method, String> {
-    Method::parse(s).ok_or_else(|| format!("unknown method `{s}` (expected fpi, aki or aki-pro)"))
+/// Parses a growth option enum by its `ValueEnum` names, failing with `unknown WHAT `x`
+/// (expected a, b, c)` so the message names the option even before clap adds the flag.
+#[derive(Clone)]
+pub(super) struct NamedEnum<E> {
+    what: &'static str,
+    enum_type: std::marker::PhantomData<E>,
 }
 
-fn parse_preset(s: &str) -> Result<Preset, String> {
-    Preset::parse(s).ok_or_else(|| format!("unknown preset `{s}` (expected fpi, fpi-scaled or zero-pad)"))
+pub(super) fn named_enum<E>(what: &'static str) -> NamedEnum<E> {
+    NamedEnum { what, enum_type: std::marker::PhantomData }
 }
 
-fn parse_depth(s: &str) -> Result<DepthMethod, String> {
-    DepthMethod::parse(s).ok_or_else(|| {
-        format!("unknown depth method `{s}` (expected interpolate, stack, stack-mod, identity or interpolate-identity)")
-    })
-}
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for NamedEnum<E> {
+    type Value = E;
 
-fn parse_map(s: &str) -> Result<MapKind, String> {
-    match s {
-        "circular" => Ok(MapKind::Circular),
-        "random" => Ok(MapKind::Random),
-        _ => Err(format!("unknown map `{s}` (expected circular or random)")),
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<E, clap::Error> {
+        let text = value.to_string_lossy();
+        E::from_str(&text, true).map_err(|_| {
+            let names: Vec<String> = self.possible_values().into_iter().flatten().map(|v| v.get_name().to_string()).collect();
+            let flag = arg.map_or_else(|| cmd.get_name().to_string(), ToString::to_string);
+            let message = format!("{flag}: unknown {} `{text}` (expected {})\n", self.what, names.join(", "));
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(E::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
     }
 }
 
@@ -135,27 +156,12 @@ fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
     }
 }
 
-fn parse_consumer(s: &str) -> Result<AkiConsumerSource, String> {
-    match s {
-        "upper" => Ok(AkiConsumerSource::Upper),
-        "self" => Ok(AkiConsumerSource::SelfLayer),
-        _ => Err(format!("unknown AKI consumer source `{s}` (expected upper or self)")),
-    }
-}
-
-fn parse_scope(s: &str) -> Result<AkiScope, String> {
-    match s {
-        "units" => Ok(AkiScope::Units),
-        "all" => Ok(AkiScope::All),
-        _ => Err(format!("unknown AKI scope `{s}` (expected units or all)")),
-    }
-}
-
 fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
 }
 
-fn parse_shard_size(s: &str) -> Result<u64, String> {
+/// A positive byte size such as 5GB or 500MB.
+fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
 }
 
@@ -188,24 +194,30 @@ impl Args {
             seed: self.seed,
             aki_consumer_source: self.aki_consumer_source,
             aki_scope: self.aki_scope,
-            dtype: self.dtype,
+            dtype: self.write.dtype,
         }
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if !args.dry_run {
-        check_output(&args.output, args.force)?;
+/// Opens the source checkpoint of a growth command. Unless it is a dry run, an occupied output
+/// folder is refused first, before any work.
+pub(super) fn open_source(source: &Path, output: &Path, force: bool, dry_run: bool) -> anyhow::Result<Checkpoint> {
+    if !dry_run {
+        check_output(output, force)?;
     }
+    Checkpoint::open(source).with_context(|| format!("opening {}", source.display()))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
     let target = args.target()?;
-    let src = Checkpoint::open(&args.source).with_context(|| format!("opening {}", args.source.display()))?;
     let plan = ScaleUpPlan::new(&src.config, &target, &args.options(&src.config))
         .with_context(|| format!("planning the scale-up of {}", args.source.display()))?;
     print_plan(&plan);
     if args.dry_run {
         return Ok(());
     }
-    let exec = ExecOptions { max_shard_bytes: args.max_shard_size, force: args.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
+    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
     let bar = super::progress::bytes_bar("scale-up", args.quiet);
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
@@ -215,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("scale-up of {}", args.source.display()))?;
     bar.finish_and_clear();
     print_summary(&report);
-    Ok(())
+    report_stored_drift(&plan.exactness, &args.source, &report.out_dir)
 }
 
 fn print_plan(plan: &ScaleUpPlan) {
@@ -242,11 +254,55 @@ fn print_plan(plan: &ScaleUpPlan) {
     if plan.target.rms_norm_eps != plan.source.rms_norm_eps {
         println!("  rms_norm_eps {} -> {}", plan.source.rms_norm_eps, plan.target.rms_norm_eps);
     }
-    if plan.exactness.exact {
-        println!("  exact: the grown model computes the source's function (up to f32 / output-dtype rounding)");
-    } else {
-        println!("  NOT exact: {}", plan.exactness.reasons.join("; "));
+    print_verdict(&plan.exactness, "the grown model computes the source's function (up to f32 rounding)");
+}
+
+/// The exactness line of a growth plan. A growth exact in f32 but rounded by its stored dtype
+/// says so, and which flag keeps it exact, instead of "exact".
+pub(super) fn print_verdict(e: &Exactness, exact_meaning: &str) {
+    match &e.stored_dtype_rounding {
+        _ if !e.exact => println!("  NOT exact: {}", e.reasons.join("; ")),
+        None => println!("  exact: {exact_meaning}"),
+        Some(why) => println!("  exact in f32 only: {why}; `--dtype f32` keeps it exact"),
     }
+}
+
+/// Most bytes of weights (as stored) for which the stored-dtype drift is measured: both models
+/// are loaded in f32 at once.
+const DRIFT_CHECK_MAX_BYTES: u64 = 2 << 30;
+/// Random sequences and their length for the drift measurement.
+const DRIFT_SEQUENCES: usize = 4;
+const DRIFT_SEQUENCE_LEN: usize = 64;
+
+/// For a growth exact in f32 whose stored dtype rounds it: runs the source and the grown model
+/// (both in f32, so only the stored rounding differs) on a few seeded random sequences and prints
+/// how far their logits drift.
+pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) -> anyhow::Result<()> {
+    if !e.exact || e.exact_as_stored() {
+        return Ok(());
+    }
+    let grown_bytes = Checkpoint::open(grown)?.file_bytes();
+    if grown_bytes > DRIFT_CHECK_MAX_BYTES {
+        println!("  stored-dtype drift not measured (the grown model is larger than {} GB); `--dtype f32` keeps it exact", DRIFT_CHECK_MAX_BYTES >> 30);
+        return Ok(());
+    }
+    let reference = super::verify::load_model(source, candle_core::DType::F32)?;
+    let candidate = super::verify::load_model(grown, candle_core::DType::F32)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vocab = reference.config.vocab_size as u32;
+    let window = DRIFT_SEQUENCE_LEN.min(reference.config.max_position_embeddings);
+    let ids: Vec<u32> = (0..DRIFT_SEQUENCES * window).map(|_| rng.random_range(0..vocab)).collect();
+    let r = compare_models(&reference, &candidate, &ids, window)?;
+    println!(
+        "  stored-dtype drift over {} positions of random tokens: max |delta logit| {:.3e} ({:.3e} of max |logit|), mean KL {:.3e}, \
+         top-1 agreement {:.2}%; `--dtype f32` keeps it exact",
+        r.logits.positions,
+        r.logits.max_abs_diff,
+        r.relative_max_diff,
+        r.logits.mean_kl,
+        100.0 * r.logits.top1_agreement
+    );
+    Ok(())
 }
 
 fn print_summary(r: &ScaleUpReport) {

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -18,10 +18,11 @@ use escale_formats::writer::{check_output, TensorSpec};
 use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, Param, WriterOptions};
 
 use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
-use super::manifest::Manifest;
-use super::pages;
+use super::manifest::ScaleOutManifest;
+use crate::GrowthManifest;
 use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
 use super::{Result, ScaleOutError, ScaleOutOptions};
+use crate::exec::{worker_pool, ProgressCounter, SourceBytes};
 
 /// What a finished scale-out did.
 #[derive(Clone, Debug)]
@@ -51,12 +52,11 @@ struct Run<'a> {
     plan: &'a ScaleOutPlan,
     writer: &'a CheckpointWriter,
     router: RouterSpec,
-    done: AtomicU64,
-    total: u64,
-    progress: &'a (dyn Fn(u64, u64) + Sync),
+    written: ProgressCounter<'a>,
 }
 
-/// Upcycles the dense model in `source_dir` into `out_dir`.
+/// Upcycles the dense model in `source_dir` into `out_dir`: [`ScaleOutPlan::new`] on its config,
+/// then [`execute`].
 ///
 /// Nothing is written unless the options are valid for this source; on any error the partial
 /// output is removed. `progress(done, total)` is called with tensor bytes written so far.
@@ -67,22 +67,38 @@ pub fn upcycle(
     writer_options: &WriterOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<UpcycleReport> {
-    let started = Instant::now();
     let ckpt = Checkpoint::open(source_dir)?;
     let plan = ScaleOutPlan::new(&ckpt.config, options)?;
+    execute(plan, &ckpt, out_dir, writer_options, progress)
+}
+
+/// Runs `plan` on the opened dense checkpoint `ckpt` (the one whose config it was made from),
+/// writing a complete MoE folder with its manifest to `out_dir`. On any error the partial output
+/// is removed.
+pub fn execute(
+    plan: ScaleOutPlan,
+    ckpt: &Checkpoint,
+    out_dir: &Path,
+    writer_options: &WriterOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<UpcycleReport> {
+    let started = Instant::now();
+    let source_dir = ckpt.dir();
+    check_source_matches(&plan, ckpt)?;
     check_not_source(source_dir, out_dir)?;
     check_output(out_dir, writer_options.force)?;
+    let options = &plan.options;
 
     let model_dtype = match options.dtype {
         Some(d) => d,
-        None => tensor_dtype(&ckpt, &ckpt.name_of(Param::Embed))?,
+        None => tensor_dtype(ckpt, &ckpt.name_of(Param::Embed))?,
     };
     let mut typed = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
         let dtype = match (&t.rule, options.dtype) {
             (_, Some(d)) => d,
             (TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. }, None) => {
-                tensor_dtype(&ckpt, source)?
+                tensor_dtype(ckpt, source)?
             }
             (TensorRule::Router { .. } | TensorRule::Zeros, None) => model_dtype,
         };
@@ -100,7 +116,7 @@ pub fn upcycle(
     let writer = CheckpointWriter::create(out_dir, specs, writer_options)?;
 
     let run = Run {
-        ckpt: &ckpt,
+        ckpt,
         plan: &plan,
         writer: &writer,
         router: RouterSpec {
@@ -111,14 +127,12 @@ pub fn upcycle(
             granularity: options.granularity,
             hidden: plan.config.hidden_size,
         },
-        done: AtomicU64::new(0),
-        total,
-        progress,
+        written: ProgressCounter::new(total, Some(progress)),
     };
     run_jobs(&run, &jobs, options.threads)?;
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    Manifest::new(&plan, source_dir).write(writer.staging_dir())?;
+    GrowthManifest::ScaleOut(Box::new(ScaleOutManifest::new(&plan, source_dir))).write(writer.staging_dir())?;
     let tensors = plan.tensors.len();
     let output = writer.finish(&plan.config, Some(source_dir))?;
     Ok(UpcycleReport {
@@ -130,6 +144,23 @@ pub fn upcycle(
         seconds: started.elapsed().as_secs_f64(),
         copy_seconds,
     })
+}
+
+/// A plan made from one config must not be run on a checkpoint of another.
+fn check_source_matches(plan: &ScaleOutPlan, ckpt: &Checkpoint) -> Result<()> {
+    let c = &ckpt.config;
+    let same = plan.source_type == c.model_type
+        && plan.dense_ffn == c.intermediate_size
+        && plan.config.hidden_size == c.hidden_size
+        && plan.config.num_hidden_layers == c.num_hidden_layers
+        && plan.config.vocab_size == c.vocab_size;
+    if !same {
+        return Err(ScaleOutError::Source {
+            path: ckpt.dir().to_path_buf(),
+            message: "the checkpoint's config differs from the one the plan was made for".into(),
+        });
+    }
+    Ok(())
 }
 
 fn tensor_dtype(ckpt: &Checkpoint, name: &str) -> Result<DType> {
@@ -184,11 +215,8 @@ fn default_threads() -> usize {
 /// Runs jobs in order on `threads` workers; the first error stops the others.
 fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
     let threads = threads.unwrap_or_else(default_threads).max(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("escale-scale-out-{i}"))
-        .build()
-        .map_err(|e| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message: format!("thread pool: {e}") })?;
+    let pool = worker_pool(threads, "scale-out")
+        .map_err(|message| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message })?;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<ScaleOutError>> = Mutex::new(None);
@@ -215,8 +243,7 @@ fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
 impl Run<'_> {
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.writer.write_bytes(name, bytes)?;
-        let done = self.done.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
-        (self.progress)(done, self.total);
+        self.written.add(bytes.len() as u64);
         Ok(())
     }
 }
@@ -228,12 +255,9 @@ fn run_job(run: &Run, job: &Job) -> Result<()> {
         return run.write(&t.name, &bytes);
     };
     let info = run.ckpt.info(source).ok_or_else(|| FormatError::tensor(run.ckpt.dir(), source, "not found"))?.clone();
-    let bytes = run.ckpt.bytes(source)?;
-    pages::will_need(bytes);
-    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes };
-    let result = write_derived(run, &dense, &job.outputs);
-    pages::done_with(bytes);
-    result
+    let mapped = SourceBytes::map(run.ckpt, source)?;
+    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes: mapped.bytes() };
+    write_derived(run, &dense, &job.outputs)
 }
 
 fn standalone_bytes(run: &Run, t: &PlannedTensor, dtype: DType) -> Vec<u8> {

@@ -1,16 +1,15 @@
-//! `escale_growth.json` for a scale-out: everything needed to reproduce the output and to know
-//! what to expect from it (the exactness verdict) without re-reading the weights.
+//! The Scale-Out record of `escale_growth.json` ([`crate::GrowthManifest::ScaleOut`]):
+//! everything needed to reproduce the output and to know what to expect from it (the exactness
+//! verdict) without re-reading the weights.
 
 use std::path::Path;
 
-use escale_formats::writer::write_file;
-use escale_formats::FormatError;
-
-use super::plan::{Exactness, ScaleOutPlan, SharedExpert};
+use super::plan::{ScaleOutPlan, SharedExpert};
 use super::{MoeFormat, RouterInit};
+use crate::plan::Exactness;
 
 /// Router initialisation as recorded in the manifest.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RouterRecord {
     pub init: RouterInit,
     /// Standard deviation of the normal init (the paper's "variance 0.02" would be std 0.1414).
@@ -23,11 +22,10 @@ pub struct RouterRecord {
     pub independent_rows: usize,
 }
 
-/// Contents of `escale_growth.json` after a scale-out.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Manifest {
-    pub operation: &'static str,
-    pub escale_version: &'static str,
+/// A Scale-Out as recorded in `escale_growth.json`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScaleOutManifest {
+    pub escale_version: String,
     pub source: String,
     pub source_model_type: String,
     pub format: MoeFormat,
@@ -52,13 +50,12 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
-impl Manifest {
-    pub fn new(plan: &ScaleOutPlan, source_dir: &Path) -> Manifest {
+impl ScaleOutManifest {
+    pub fn new(plan: &ScaleOutPlan, source_dir: &Path) -> ScaleOutManifest {
         let o = &plan.options;
         let moe = plan.config.moe.as_ref().expect("a scale-out plan always has an MoE config");
-        Manifest {
-            operation: "scale_out",
-            escale_version: env!("CARGO_PKG_VERSION"),
+        ScaleOutManifest {
+            escale_version: env!("CARGO_PKG_VERSION").to_string(),
             source: source_dir.display().to_string(),
             source_model_type: plan.source_type.to_string(),
             format: plan.format,
@@ -89,10 +86,4 @@ impl Manifest {
         }
     }
 
-    pub fn write(&self, dir: &Path) -> Result<(), FormatError> {
-        let path = dir.join(crate::MANIFEST_FILE);
-        let mut text = serde_json::to_string_pretty(self).expect("manifest serialises");
-        text.push('\n');
-        write_file(&path, text.as_bytes())
-    }
 }

@@ -5,7 +5,7 @@
 //!
 //! * [`ScaleOutPlan::new`] looks only at the source config and the [`ScaleOutOptions`]: it
 //!   validates them, builds the output `config.json`, decides what every output tensor is made
-//!   of, and states whether the result is function-preserving ([`Exactness`]). Every bad input is
+//!   of, and states whether the result is function-preserving ([`crate::Exactness`]). Every bad input is
 //!   rejected here, before a byte is written.
 //! * [`upcycle`] executes a plan as a stream: each dense tensor is read once (memory-mapped) and
 //!   written to all the outputs derived from it. Plain expert copies are byte-range copies of the
@@ -20,82 +20,37 @@
 //! carries a full copy of the MLP while routed `down_proj`s are halved: `½·MLP + ½·MLP = MLP`.
 
 mod exec;
+mod format;
 mod init;
 mod manifest;
-mod pages;
 mod plan;
 
 use std::path::PathBuf;
 
-use escale_formats::{DType, FormatError, ModelType};
+use escale_formats::{DType, FormatError};
 
-pub use exec::{upcycle, UpcycleReport};
+pub use exec::{execute, upcycle, UpcycleReport};
+pub use format::MoeFormat;
 pub use init::{drop_neurons, router_weights, sample_router, RouterSpec};
-pub use manifest::Manifest;
-pub use plan::{Exactness, ScaleOutPlan, SharedExpert, TensorRule};
-
-/// Output layout of the MoE checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MoeFormat {
-    /// `MixtralForCausalLM`, classic hub names (`block_sparse_moe.experts.N.w1/w2/w3`). Always
-    /// renormalises top-k weights; cannot carry attention biases.
-    Mixtral,
-    /// `Qwen2MoeForCausalLM`: the only stock HF MoE class with QKV bias (Aquila's case). Always
-    /// has a shared expert, which escale either neutralises or fills (see [`SharedExpert`]).
-    Qwen2Moe,
-}
-
-impl MoeFormat {
-    pub fn model_type(self) -> ModelType {
-        match self {
-            MoeFormat::Mixtral => ModelType::Mixtral,
-            MoeFormat::Qwen2Moe => ModelType::Qwen2Moe,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.model_type().as_str()
-    }
-
-    /// Parses `mixtral` or `qwen2_moe` (also `qwen2-moe`).
-    pub fn parse(s: &str) -> Option<MoeFormat> {
-        match s.to_ascii_lowercase().replace('-', "_").as_str() {
-            "mixtral" => Some(MoeFormat::Mixtral),
-            "qwen2_moe" => Some(MoeFormat::Qwen2Moe),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for MoeFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use manifest::{RouterRecord, ScaleOutManifest};
+pub use plan::{ScaleOutPlan, SharedExpert, TensorRule};
 
 /// How router weights are initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RouterInit {
     /// i.i.d. `N(0, router_std²)` (AquilaMoE; HF/Megatron convention std 0.02).
     Normal,
     /// All zeros: uniform routing at the start (every expert ties).
+    #[serde(alias = "zero")]
+    #[cfg_attr(feature = "clap", value(alias = "zero"))]
     Zeros,
     /// i.i.d. `U(-1/√D, 1/√D)` with `D` the hidden size (PyTorch's default `nn.Linear` scale).
     Uniform,
 }
 
 impl RouterInit {
-    pub fn parse(s: &str) -> Option<RouterInit> {
-        match s.to_ascii_lowercase().as_str() {
-            "normal" => Some(RouterInit::Normal),
-            "zeros" | "zero" => Some(RouterInit::Zeros),
-            "uniform" => Some(RouterInit::Uniform),
-            _ => None,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             RouterInit::Normal => "normal",
@@ -107,7 +62,8 @@ impl RouterInit {
 
 /// Everything the user can choose; the fields mirror the `escale scale-out` flags, and error
 /// messages name the flags because that is what a user types.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScaleOutOptions {
     /// Routed experts per layer (`--experts`).
     pub experts: usize,
@@ -182,3 +138,18 @@ impl ScaleOutError {
 }
 
 pub type Result<T, E = ScaleOutError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_serde_with_their_names() {
+        let o = ScaleOutOptions { format: Some(MoeFormat::Qwen2Moe), router_init: RouterInit::Zeros, ..Default::default() };
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!((v["format"].as_str(), v["router_init"].as_str()), (Some("qwen2_moe"), Some("zeros")));
+        assert_eq!(serde_json::from_value::<ScaleOutOptions>(v).unwrap(), o);
+        let partial: ScaleOutOptions = serde_json::from_str(r#"{"experts": 4}"#).unwrap();
+        assert_eq!(partial, ScaleOutOptions { experts: 4, ..Default::default() });
+    }
+}

@@ -8,9 +8,10 @@ use escale_formats::naming::{expected_params, hf_name};
 use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeConfig, Param};
 
 use super::{MoeFormat, Result, RouterInit, ScaleOutError, ScaleOutOptions};
+use crate::plan::{stored_dtype_rounding, Exactness};
 
 /// The qwen2_moe shared expert (mixtral has none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SharedExpert {
     /// The format has no shared expert (mixtral).
@@ -41,24 +42,8 @@ pub enum TensorRule {
     Zeros,
 }
 
-/// One tensor of the output checkpoint.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlannedTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub rule: TensorRule,
-}
-
-/// Whether the upcycled model computes exactly the dense model's function at initialisation.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Exactness {
-    /// True when the construction is function-preserving (up to floating-point rounding).
-    pub exact: bool,
-    /// Why it is not exact (empty when `exact`).
-    pub broken_by: Vec<String>,
-    /// Rounding caveats that hold even when exact.
-    pub notes: Vec<String>,
-}
+/// One tensor of the output checkpoint, with the scale-out rule that makes it.
+pub type PlannedTensor = crate::plan::PlannedTensor<TensorRule>;
 
 /// A validated scale-out, ready to execute with [`super::upcycle`].
 #[derive(Clone, Debug)]
@@ -151,42 +136,6 @@ fn check_sizes(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
     Ok(())
 }
 
-fn resolve_format(src: &ModelConfig, o: &ScaleOutOptions) -> Result<MoeFormat> {
-    match o.format {
-        None if src.qkv_bias => Ok(MoeFormat::Qwen2Moe),
-        None => Ok(MoeFormat::Mixtral),
-        Some(MoeFormat::Mixtral) if src.qkv_bias => Err(ScaleOutError::option(
-            "--format",
-            format!(
-                "mixtral cannot carry the source's QKV bias ({} has q/k/v_proj biases and Mixtral has no attention-bias \
-                 option); use --format qwen2_moe",
-                src.model_type
-            ),
-        )),
-        Some(f) => Ok(f),
-    }
-}
-
-fn resolve_shared(format: MoeFormat, o: &ScaleOutOptions) -> Result<SharedExpert> {
-    match (format, o.shared_experts) {
-        (MoeFormat::Mixtral, 0) => Ok(SharedExpert::Absent),
-        (MoeFormat::Mixtral, _) => Err(ScaleOutError::option(
-            "--shared-experts",
-            "Mixtral has no shared expert; use --format qwen2_moe",
-        )),
-        (MoeFormat::Qwen2Moe, 0) => Ok(SharedExpert::Neutral),
-        (MoeFormat::Qwen2Moe, n) if n < o.granularity => Err(ScaleOutError::option(
-            "--shared-experts",
-            format!(
-                "{n} shards of 1/{g} of the FFN cannot hold the whole dense MLP, so the output could not be exact; \
-                 use at least --granularity ({g}) shards, or 0 for the neutral shared expert",
-                g = o.granularity
-            ),
-        )),
-        (MoeFormat::Qwen2Moe, n) => Ok(SharedExpert::Live { shards: n }),
-    }
-}
-
 /// The output config: the source's, with the MoE fields set and everything else untouched.
 fn output_config(src: &ModelConfig, plan: &ScaleOutPlan) -> ModelConfig {
     let o = &plan.options;
@@ -197,18 +146,12 @@ fn output_config(src: &ModelConfig, plan: &ScaleOutPlan) -> ModelConfig {
         num_experts_per_tok: o.top_k,
         expert_intermediate_size: plan.expert_ffn,
         shared_expert_intermediate_size: plan.shared_ffn,
-        norm_topk_prob: plan.format == MoeFormat::Mixtral || o.renormalize,
+        norm_topk_prob: plan.format.renormalizes(o),
         router_aux_loss_coef: o.aux_loss_coef,
         decoder_sparse_step: 1,
         mlp_only_layers: Vec::new(),
     });
-    match plan.format {
-        // Mixtral has a single FFN size, the expert's.
-        MoeFormat::Mixtral => cfg.intermediate_size = plan.expert_ffn,
-        // transformers v4's Qwen2-MoE always has q/k/v biases; v5 reads `qkv_bias`. Writing biases
-        // (zeros for a bias-free source) loads identically in both.
-        MoeFormat::Qwen2Moe => cfg.qkv_bias = true,
-    }
+    plan.format.edit_config(&mut cfg, plan);
     if let Some(d) = o.dtype {
         cfg.dtype = Some(d);
     }
@@ -224,14 +167,9 @@ impl ScaleOutPlan {
         check_finite("--noise", options.noise, None)?;
         check_finite("--drop-upcycling", options.drop_ratio, Some(1.0))?;
         check_finite("--aux-loss-coef", options.aux_loss_coef, None)?;
-        let format = resolve_format(source, options)?;
-        if format == MoeFormat::Mixtral && !options.renormalize {
-            return Err(ScaleOutError::option(
-                "--no-renormalize",
-                "Mixtral always renormalises its top-k weights; use --format qwen2_moe for norm_topk_prob=false",
-            ));
-        }
-        let shared = resolve_shared(format, options)?;
+        let format = MoeFormat::resolve(source, options);
+        format.check(source, options)?;
+        let shared = format.shared_expert(options);
         let g = options.granularity;
         let expert_ffn = source.intermediate_size / g;
         let (shared_ffn, alpha) = match shared {
@@ -323,14 +261,12 @@ impl ScaleOutPlan {
              the top-k weights sum to 1 within about 2^-8)"
                 .into(),
         );
-        if self.format == MoeFormat::Qwen2Moe && source.sliding_window.is_some() && source.model_type == ModelType::Mistral {
-            notes.push(
-                "the mistral source's sliding window is kept as written, but qwen2_moe applies it only with \
-                 use_sliding_window; sequences longer than the window may differ"
-                    .into(),
-            );
+        notes.extend(self.format.notes(source));
+        self.exactness = Exactness::from_reasons(broken, notes);
+        if self.exactness.exact {
+            let scales = std::iter::once(scale).chain(self.shared_shard_scales().into_iter().map(|(_, s)| s)).map(|s| s as f32);
+            self.exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, o.dtype.or(source.dtype), scales);
         }
-        self.exactness = Exactness { exact: broken.is_empty(), broken_by: broken, notes };
     }
 }
 
@@ -363,7 +299,7 @@ fn plan_tensors(source: &ModelConfig, plan: &ScaleOutPlan) -> Vec<PlannedTensor>
                 }
                 other => TensorRule::Copy { source: src_name(other) },
             };
-            PlannedTensor { name: hf_name(out_type, param), shape, rule }
+            PlannedTensor { name: hf_name(out_type, param), dtype: plan.options.dtype, shape, rule }
         })
         .collect()
 }

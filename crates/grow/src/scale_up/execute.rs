@@ -18,11 +18,14 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
+use escale_util::rng::splitmix64;
 
-use super::options::splitmix;
+use super::manifest::ScaleUpManifest;
 use super::plan::ScaleUpPlan;
+use crate::GrowthManifest;
 use super::rules::TensorRule;
 use super::ScaleUpError;
+use crate::exec::{worker_pool, Progress, ProgressCounter, SourceBytes};
 
 /// How to write the output.
 #[derive(Clone, Debug)]
@@ -60,8 +63,6 @@ pub struct ScaleUpReport {
     pub seconds: f64,
 }
 
-/// Progress callback: `(output bytes done, output bytes total)`.
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// Runs `plan` on the opened source checkpoint `src`, writing a complete HF folder to `out_dir`
 /// (config.json, weights, tokenizer files, and the manifest [`crate::MANIFEST_FILE`]). On any
@@ -86,13 +87,10 @@ pub fn execute(
         .collect::<Result<_, ScaleUpError>>()?;
     let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
     let writer = CheckpointWriter::create(out_dir, specs.clone(), &WriterOptions { max_shard_bytes: opts.max_shard_bytes, force: opts.force })?;
-    let manifest = super::manifest::manifest_json(plan, src.dir());
-    let manifest_path = writer.staging_dir().join(crate::MANIFEST_FILE);
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
-    std::fs::write(&manifest_path, text).map_err(|e| FormatError::io(&manifest_path, e))?;
+    GrowthManifest::ScaleUp(Box::new(ScaleUpManifest::new(plan, src.dir()))).write(writer.staging_dir())?;
 
     let budget = ByteBudget::new(opts.memory_budget_bytes.max(1));
-    let done = AtomicU64::new(0);
+    let written = ProgressCounter::new(total, progress);
     let read = AtomicU64::new(0);
     let work = || (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
         let spec = &specs[i];
@@ -100,17 +98,12 @@ pub fn execute(
         let source_bytes: u64 = rules[i].sources.iter().map(|s| reader.byte_len(s)).sum();
         let _permit = budget.acquire(spec.byte_len().min(CHUNK_BYTES as u64) + source_bytes);
         write_tensor(&rules[i], &reader, spec, &writer, &read)?;
-        let now = done.fetch_add(spec.byte_len(), Ordering::Relaxed) + spec.byte_len();
-        if let Some(p) = progress {
-            p(now, total);
-        }
+        written.add(spec.byte_len());
         Ok(())
     });
     match opts.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| ScaleUpError::Invalid { context: "--threads".into(), message: e.to_string() })?
+        Some(n) => worker_pool(n, "scale-up")
+            .map_err(|message| ScaleUpError::Invalid { context: "--threads".into(), message })?
             .install(work)?,
         None => work()?,
     }
@@ -170,6 +163,9 @@ struct SourceReader<'a> {
 struct Src<'a> {
     dtype: DType,
     bytes: &'a [u8],
+    /// The mapping these bytes come from, released when the source is dropped (`None` for
+    /// in-memory sources).
+    _mapped: Option<SourceBytes<'a>>,
     /// Row length (a vector is one row).
     cols: usize,
 }
@@ -200,9 +196,8 @@ impl<'a> SourceReader<'a> {
                 return Err(FormatError::tensor(self.ckpt.dir(), name, format!("expected a vector or matrix, found shape {other:?}")).into())
             }
         };
-        let bytes = self.ckpt.bytes(name)?;
-        pages::advise(bytes, libc::MADV_WILLNEED);
-        Ok(Src { dtype: info.dtype, bytes, cols })
+        let mapped = SourceBytes::map(self.ckpt, name)?;
+        Ok(Src { dtype: info.dtype, bytes: mapped.bytes(), cols, _mapped: Some(mapped) })
     }
 }
 
@@ -246,9 +241,7 @@ fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, wri
             }
         }
     }, 0);
-    for s in &srcs {
-        pages::advise(s.bytes, libc::MADV_DONTNEED);
-    }
+    drop(srcs); // releases the sources' pages before the last write
     match failed {
         Some(e) => Err(e),
         None => flush(&mut chunk),
@@ -320,39 +313,11 @@ fn gather_row(rule: &TensorRule, r: usize, bufs: &[Vec<f32>], out: &mut [f32]) {
     }
 }
 
-/// Page advice for slices of the read-only source mapping.
-mod pages {
-    /// Applies `advice` to the whole pages spanned by `bytes`.
-    ///
-    /// Only for slices of read-only, file-backed mappings (`Checkpoint::bytes`): WILLNEED just
-    /// schedules read-ahead, and DONTNEED just unmaps pages whose contents the file still holds,
-    /// so a concurrent or later reader of the same pages faults identical bytes back in.
-    pub(super) fn advise(bytes: &[u8], advice: libc::c_int) {
-        if bytes.is_empty() {
-            return;
-        }
-        // SAFETY: sysconf has no preconditions.
-        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-            p if p > 0 => p as usize,
-            _ => 4096,
-        };
-        let start = bytes.as_ptr() as usize;
-        let first = start - start % page;
-        // Mappings start on a page and end on a whole page, so rounding outwards stays inside.
-        let len = (start + bytes.len() - first).div_ceil(page) * page;
-        // SAFETY: the span lies inside a live read-only file mapping (see above); advice failures
-        // are harmless, so the result is ignored.
-        unsafe {
-            libc::madvise(first as *mut libc::c_void, len, advice);
-        }
-    }
-}
-
 /// LEMON (spec §2.5): per row, Gaussian noise that sums to zero over each group of copies, so
 /// the copies differ but their total (what the next layer sees) is unchanged. Seeded per row, so
 /// the result does not depend on the order rows or tensors are processed in.
 fn add_lemon_noise(rule: &TensorRule, r: usize, std: f32, seed: u64, out: &mut [f32]) {
-    let mut rng = StdRng::seed_from_u64(splitmix(seed ^ splitmix(r as u64)));
+    let mut rng = StdRng::seed_from_u64(splitmix64(seed ^ splitmix64(r as u64)));
     let groups = rule.cols.iter().filter_map(|c| c.noise_group).max().map_or(0, |m| m as usize + 1);
     let (mut sum, mut count) = (vec![0f64; groups], vec![0u32; groups]);
     let z: Vec<f64> = rule
@@ -384,7 +349,7 @@ pub fn apply_rule(rule: &TensorRule, sources: &[&[f32]], src_cols: &[usize]) -> 
         return vec![0f32; rule.rows.len() * rule.cols.len()];
     }
     let raw: Vec<Vec<u8>> = sources.iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols }).collect();
+    let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols, _mapped: None }).collect();
     run_rule(rule, &srcs, |row, out: &mut Vec<f32>| out.extend_from_slice(row), rule.rows.len() * rule.cols.len())
 }
 

@@ -3,9 +3,12 @@
 //! Everything here is a pure function of sizes (and a seed for the random variants), so the maps
 //! can be computed, tested and written to the manifest without touching any weights.
 
+// `x % n != 0` rather than `is_multiple_of`: the workspace promises Rust 1.85, which lacks it.
+#![allow(clippy::manual_is_multiple_of)]
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A map from target units to source units, with the replication count of every source unit.
 ///
@@ -20,10 +23,12 @@ pub struct UnitMap {
 }
 
 /// How new units choose the source unit they copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum MapKind {
     /// Left to right, wrapping around (AquilaMoE Fig. 1): `j mod d`.
+    #[default]
     Circular,
     /// Net2Net / bert2BERT: the first `d` units keep their place, each new one copies a source
     /// unit drawn uniformly with a seeded PRNG (the drawn map is stored in the manifest).
@@ -116,10 +121,12 @@ pub fn head_map(n_kv: usize, rep: usize, rep_new: usize, kind: MapKind, seed: u6
 }
 
 /// Depth-growth methods (spec §3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DepthMethod {
     /// Target layer `l'` copies source layer `⌊l'·Ls/Lt⌋` (Apollo; AquilaMoE AKI-Pro). Not exact.
+    #[default]
     Interpolate,
     /// bert2BERT: `⌊Lt/Ls⌋` whole copies of the stack, then the *top* `Lt mod Ls` layers. Not exact.
     Stack,
@@ -133,14 +140,6 @@ pub enum DepthMethod {
 }
 
 impl DepthMethod {
-    pub const ALL: [DepthMethod; 5] = [
-        DepthMethod::Interpolate,
-        DepthMethod::Stack,
-        DepthMethod::StackMod,
-        DepthMethod::Identity,
-        DepthMethod::InterpolateIdentity,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             DepthMethod::Interpolate => "interpolate",
@@ -149,10 +148,6 @@ impl DepthMethod {
             DepthMethod::Identity => "identity",
             DepthMethod::InterpolateIdentity => "interpolate-identity",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<DepthMethod> {
-        DepthMethod::ALL.into_iter().find(|m| m.as_str() == s)
     }
 
     /// Whether the new layers are zero-initialised residual blocks (function preserving).

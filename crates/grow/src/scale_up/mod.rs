@@ -14,11 +14,12 @@ mod rules;
 
 use std::path::Path;
 
-pub use execute::{apply_rule, execute, ExecOptions, Progress, ScaleUpReport};
-pub use manifest::manifest_json;
+pub use crate::exec::Progress;
+pub use execute::{apply_rule, execute, ExecOptions, ScaleUpReport};
+pub use manifest::{DimsRecord, MapsRecord, ScaleUpManifest, ScalesRecord, SeedsRecord};
 pub use maps::{depth_map, head_map, DepthMap, DepthMethod, MapKind, UnitMap};
 pub use options::{AkiConsumerSource, AkiScope, Fanout, Method, Preset, ScaleUpOptions};
-pub use plan::{hidden_scales, is_residual_writer, Exactness, HiddenScales, OutputSource, OutputTensor, ScaleUpPlan, Target, TargetDims};
+pub use plan::{hidden_scales, is_residual_writer, HiddenScales, OutputSource, OutputTensor, ScaleUpPlan, Target, TargetDims};
 pub use rules::{ColSel, Noise, RowSel, TensorRule};
 
 use escale_formats::{Checkpoint, FormatError};

@@ -2,6 +2,9 @@
 //! (maps, scales, the output config, the list of output tensors and the exactness verdict),
 //! computed before any weight is read. Executing it is [`super::execute`].
 
+// `x % n != 0` rather than `is_multiple_of`: the workspace promises Rust 1.85, which lacks it.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::path::Path;
 
 use escale_formats::naming::{expected_params, hf_name, LayerParam, Param};
@@ -11,6 +14,7 @@ use serde::Serialize;
 use super::maps::{depth_map, head_map, DepthMap, DepthMethod, MapKind, UnitMap};
 use super::options::{sub_seed, Method, Preset, ScaleUpOptions};
 use super::ScaleUpError;
+use crate::plan::{stored_dtype_rounding, Exactness};
 
 /// Target sizes; `None` keeps the source's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,16 +47,6 @@ pub struct HiddenScales {
     pub eps_scale: f64,
     /// Columns that carry the residual stream (`a_j ≠ 0`); zero-pad's pad channels do not.
     pub live: Vec<bool>,
-}
-
-/// Whether the grown model computes exactly the source's function, and why (not).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Exactness {
-    pub exact: bool,
-    pub width_exact: bool,
-    pub depth_exact: bool,
-    /// One sentence per reason the result is not exact (empty when exact).
-    pub reasons: Vec<String>,
 }
 
 /// Which output tensor comes from where.
@@ -136,7 +130,12 @@ impl ScaleUpPlan {
         }
         remap_per_layer_fields(&mut cfg, source, &depth);
 
-        let exactness = exactness(source, dims, options, &hidden);
+        let mut exactness = exactness(source, dims, options, &hidden);
+        if exactness.exact {
+            let weight_scales = [&scales.a, &scales.norm_scale, &scales.b, &scales.final_norm_scale].into_iter().flatten().copied();
+            let consumer_scales = [&ffn.counts, &heads.counts].into_iter().flatten().map(|&c| 1.0 / c as f32);
+            exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
+        }
         let tensors = output_tensors(&cfg, &depth);
         Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors })
     }
@@ -366,7 +365,11 @@ fn exactness(source: &ModelConfig, d: Dims, o: &ScaleUpOptions, hidden: &UnitMap
             o.depth_method().as_str()
         ));
     }
-    Exactness { exact: reasons.is_empty(), width_exact: width_exact && !aki_active, depth_exact, reasons }
+    Exactness {
+        width_exact: Some(width_exact && !aki_active),
+        depth_exact: Some(depth_exact),
+        ..Exactness::from_reasons(reasons, Vec::new())
+    }
 }
 
 /// qwen2 v5 `layer_types` lists one entry per layer: follow the depth map so it stays consistent.

@@ -8,6 +8,7 @@
 //! AKI's upper-layer rows and columns, and is what lets the executor stream row by row.
 
 use escale_formats::naming::{hf_name, LayerParam, MlpPart, Param};
+use escale_util::hash::fnv1a;
 
 use super::options::{sub_seed, AkiConsumerSource, AkiScope, Fanout};
 use super::plan::{OutputSource, OutputTensor, ScaleUpPlan};
@@ -75,7 +76,7 @@ impl ScaleUpPlan {
         let ty = self.source.model_type;
         let lemon = matches!(self.options.fanout, Fanout::Lemon { .. });
         let noise_for = |src_name: &str| match self.options.fanout {
-            Fanout::Lemon { scale } => Some(Noise { std: scale, seed: sub_seed(sub_seed(self.options.seed, 4), fnv(src_name)) }),
+            Fanout::Lemon { scale } => Some(Noise { std: scale, seed: sub_seed(sub_seed(self.options.seed, 4), fnv1a(src_name.as_bytes())) }),
             Fanout::Equal => None,
         };
         match &t.source {
@@ -256,9 +257,4 @@ fn identity_cols(n: usize) -> Vec<ColSel> {
 /// A vector's entries follow the rows of its matrix (bias of q follows q's rows, and so on).
 fn row_as_col(r: RowSel) -> ColSel {
     ColSel { src_col: r.src_row, tensor: (r.tensor != 0).then_some(r.tensor), scale: r.scale, noise_group: None }
-}
-
-/// FNV-1a: a stable hash of a tensor name (for per-tensor noise seeds).
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }

@@ -9,10 +9,21 @@ use std::path::{Path, PathBuf};
 use escale_formats::naming::{expected_params, hf_name, LayerParam, MlpPart, MlpSite, Param};
 use escale_formats::writer::TensorSpec;
 use escale_formats::{Checkpoint, CheckpointWriter, DType, ModelConfig, WriterOptions};
+use escale_grow::scale_up::{Target, TargetDims};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
+
+/// Explicit target sizes.
+pub fn dims(hidden: usize, ffn: usize, heads: usize, layers: usize) -> Target {
+    Target::Dims(TargetDims {
+        hidden_size: Some(hidden),
+        intermediate_size: Some(ffn),
+        num_attention_heads: Some(heads),
+        num_hidden_layers: Some(layers),
+    })
+}
 
 /// A tiny config of the given family.
 pub fn tiny_config(model_type: &str, tied: bool, biases: bool) -> Value {
