@@ -13,6 +13,7 @@ use crate::schedule::{LrSchedule, ScheduleKind};
 /// Which parameters receive updates (the rest are frozen: no gradient step, no optimizer state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TrainOnly {
     #[default]
     All,
@@ -22,21 +23,11 @@ pub enum TrainOnly {
     Experts,
 }
 
-impl TrainOnly {
-    pub fn parse(s: &str) -> Option<TrainOnly> {
-        match s {
-            "all" => Some(TrainOnly::All),
-            "new-layers" => Some(TrainOnly::NewLayers),
-            "experts" => Some(TrainOnly::Experts),
-            _ => None,
-        }
-    }
-}
-
 /// Compute precision of the trained weights (checkpoints are stored in the same precision, so a
 /// resumed run continues from bit-identical weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TrainDType {
     #[default]
     F32,

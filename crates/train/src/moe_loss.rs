@@ -23,20 +23,11 @@ use crate::error::{Result, TrainError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LossConvention {
     #[default]
     Megatron,
     Hf,
-}
-
-impl LossConvention {
-    pub fn parse(s: &str) -> Option<LossConvention> {
-        match s.to_ascii_lowercase().as_str() {
-            "megatron" => Some(LossConvention::Megatron),
-            "hf" => Some(LossConvention::Hf),
-            _ => None,
-        }
-    }
 }
 
 /// The MoE terms of one forward pass.
