@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use escale_model::evaluate::Evaluator;
+use escale_data::TextTokenizer;
 use escale_model::text;
 
 use super::verify::{load_model, Precision};
@@ -36,7 +37,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let model = load_model(&args.model, args.dtype.dtype())?;
-    let tok = text::load_tokenizer(&args.model)?;
+    let tok = TextTokenizer::from_file(&args.model)?;
     let window = args.window.unwrap_or(model.config.max_position_embeddings);
     if window < 2 {
         bail!("--window must be at least 2");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use escale_model::generate::{generate, Decoding};
-use escale_model::text;
+use escale_data::TextTokenizer;
 use serde_json::Value;
 
 use super::verify::{load_model, Precision};
@@ -46,8 +46,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
     let model = load_model(&args.model, args.dtype.dtype())?;
-    let tok = text::load_tokenizer(&args.model)?;
-    let prompt = text::encode(&tok, &args.prompt, true)?;
+    let tok = TextTokenizer::from_file(&args.model)?;
+    let prompt = tok.encode_with(&args.prompt, true)?;
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens (this tokenizer adds no BOS): give some prompt text");
     }
@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let new = generate(&model, &prompt, args.max_new_tokens, &decoding, &stop, |_| {})?;
     let mut all = prompt.clone();
     all.extend(&new);
-    let text = text::decode(&tok, &all)?;
+    let text = tok.decode(&all, true)?;
     if args.json {
         let v = serde_json::json!({"prompt_ids": prompt, "new_ids": new, "text": text});
         println!("{}", serde_json::to_string_pretty(&v)?);

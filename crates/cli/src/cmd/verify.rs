@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use escale_model::evaluate::{compare_models, VerifyReport};
+use escale_data::TextTokenizer;
 use escale_model::{text, Model};
 use rand::{Rng, SeedableRng};
 
@@ -74,7 +75,7 @@ pub fn load_model(dir: &Path, dtype: DType) -> anyhow::Result<Model> {
 
 /// The first `max` tokens of a text file (streamed: only what is needed is read and tokenized).
 pub fn text_tokens(model_dir: &Path, path: &Path, max: usize) -> anyhow::Result<Vec<u32>> {
-    let tok = text::load_tokenizer(model_dir)?;
+    let tok = TextTokenizer::from_file(model_dir)?;
     let mut stream = text::TokenStream::open(&tok, path)?;
     let mut ids = Vec::new();
     while ids.len() < max {
