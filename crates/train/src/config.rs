@@ -24,24 +24,8 @@ pub enum TrainOnly {
 }
 
 /// Compute precision of the trained weights (checkpoints are stored in the same precision, so a
-/// resumed run continues from bit-identical weights).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum TrainDType {
-    #[default]
-    F32,
-    F64,
-}
-
-impl TrainDType {
-    pub fn candle(self) -> candle_core::DType {
-        match self {
-            TrainDType::F32 => candle_core::DType::F32,
-            TrainDType::F64 => candle_core::DType::F64,
-        }
-    }
-}
+/// resumed run continues from bit-identical weights): the model's own [`escale_model::Precision`].
+pub type TrainDType = escale_model::Precision;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

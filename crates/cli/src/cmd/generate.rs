@@ -5,11 +5,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::bail;
-use escale_model::generate::{generate, Decoding};
 use escale_data::TextTokenizer;
+use escale_model::generate::{generate, Decoding};
+use escale_model::Precision;
 use serde_json::Value;
 
-use super::verify::{load_model, Precision};
+use super::verify::load_model;
+use crate::flags::choice;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_enum, value_parser = choice::<Precision>(), default_value_t = Precision::default())]
     pub dtype: Precision,
     /// Print JSON (prompt ids, new ids, text) instead of the text.
     #[arg(long)]
@@ -45,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
-    let model = load_model(&args.model, args.dtype.dtype())?;
+    let model = load_model(&args.model, args.dtype.candle())?;
     let tok = TextTokenizer::from_file(&args.model)?;
     let prompt = tok.encode_with(&args.prompt, true)?;
     if prompt.is_empty() {
