@@ -175,8 +175,8 @@ mod tests {
     fn worked_example_loss_values() {
         let z = example();
         let n = top_k_counts(&z, 2).unwrap();
-        let (_, hf) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Hf).unwrap();
-        let (_, meg) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron).unwrap();
+        let (_, hf) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Hf).unwrap();
+        let (_, meg) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Megatron).unwrap();
         let (_, lz) = router_z_loss(&[z]).unwrap();
         assert_eq!(round4(hf), 2.4609);
         assert_eq!(round4(meg), 1.2304);
@@ -206,7 +206,7 @@ mod tests {
         // Uniform logits: P_e = 1/E; counts spread evenly (T=4, E=4, k=2 -> n_e = 2).
         let z = Tensor::zeros((4, 4), DType::F64, &Device::Cpu).unwrap();
         let n = vec![2, 2, 2, 2];
-        let (_, meg) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron).unwrap();
+        let (_, meg) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Megatron).unwrap();
         let (_, hf) = load_balancing_loss(&[z], &[n], 2, LossConvention::Hf).unwrap();
         assert!((meg - 1.0).abs() < 1e-12 && (hf - 2.0).abs() < 1e-12, "{meg} {hf}");
     }
@@ -217,11 +217,11 @@ mod tests {
         let z0 = example();
         let n = top_k_counts(&z0, 2).unwrap();
         let f = |z: &Tensor| -> f64 {
-            let l = moe_losses(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
+            let l = moe_losses(std::slice::from_ref(z), std::slice::from_ref(&n), 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
             scalar(&l.total).unwrap()
         };
         let var = Var::from_tensor(&z0).unwrap();
-        let l = moe_losses(&[var.as_tensor().clone()], &[n.clone()], 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
+        let l = moe_losses(std::slice::from_ref(var.as_tensor()), std::slice::from_ref(&n), 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
         let grads = l.total.backward().unwrap();
         let g = grads.get(var.as_tensor()).expect("router logits receive a gradient");
         let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();

@@ -44,7 +44,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+    // Written so that NaN fails both checks.
+    let temperature_ok = args.temperature >= 0.0;
+    let top_p_ok = args.top_p > 0.0 && args.top_p <= 1.0;
+    if !(temperature_ok && top_p_ok) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
     let model = load_model(&args.model, args.dtype.candle())?;

@@ -121,7 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         print_text(&report, &args);
     }
-    if args.expect == Expect::Exact && !(report.logits.max_abs_diff <= args.tol) {
+    // A NaN difference is never within tolerance.
+    let within_tol = report.logits.max_abs_diff <= args.tol;
+    if args.expect == Expect::Exact && !within_tol {
         bail!(
             "candidate differs from reference: max |delta logit| {:.6e} > tolerance {:e}",
             report.logits.max_abs_diff,
