@@ -4,11 +4,12 @@
 //! function; the libraries do the work and return typed errors, this binary only parses flags,
 //! prints and sets the exit code.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 mod cmd;
+mod flags;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "escale",
     version,
@@ -51,8 +52,15 @@ enum Command {
     Demo(cmd::demo::Args),
 }
 
+fn subcommand_matches<'a>(matches: &'a clap::ArgMatches, name: &str) -> &'a clap::ArgMatches {
+    matches.subcommand_matches(name).expect("the subcommand that was parsed")
+}
+
 fn main() {
-    let cli = Cli::parse();
+    // Parsed in two steps because `escale train` needs to know which flags were typed (a typed
+    // flag overrides its --config file, a default does not).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Before any tensor is allocated: training frees and reallocates large buffers every step,
     // and glibc's defaults would return them to the OS and page-fault them back in each time.
     escale_model::tune_allocator();
@@ -67,7 +75,7 @@ fn main() {
         Command::TrainTokenizer(a) => cmd::train_tokenizer::run(a),
         Command::MakeCorpus(a) => cmd::make_corpus::run(a),
         Command::Init(a) => cmd::init::run(a),
-        Command::Train(a) => cmd::train::run(a),
+        Command::Train(a) => cmd::train::run(a, subcommand_matches(&matches, "train")),
         Command::Run(a) => cmd::run::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

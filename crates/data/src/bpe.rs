@@ -176,8 +176,5 @@ pub fn save_tokenizer(tokenizer: &Tokenizer, options: &BpeOptions, path: impl As
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    escale_util::publish::write_atomic(path, bytes).map_err(|e| DataError::io(path, e))
 }

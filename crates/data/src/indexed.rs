@@ -644,9 +644,8 @@ impl fmt::Debug for IndexedDatasetWriter {
     }
 }
 
-fn temp_beside(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+fn temp_beside(target: &Path) -> Result<PathBuf> {
+    escale_util::publish::temp_path(target, "tmp").map_err(|e| DataError::io(target, e))
 }
 
 fn create_file(path: &Path) -> Result<BufWriter<File>> {
@@ -668,9 +667,9 @@ impl IndexedDatasetWriter {
         if let Some(parent) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
         }
-        let bin_tmp = temp_beside(&bin_path(&prefix));
-        let idx_tmp = temp_beside(&idx_path(&prefix));
-        let ptr_tmp = temp_beside(&with_suffix(&prefix, ".ptr"));
+        let bin_tmp = temp_beside(&bin_path(&prefix))?;
+        let idx_tmp = temp_beside(&idx_path(&prefix))?;
+        let ptr_tmp = temp_beside(&with_suffix(&prefix, ".ptr"))?;
         let mut w = IndexedDatasetWriter {
             prefix,
             dtype,
@@ -807,6 +806,7 @@ impl IndexedDatasetWriter {
         }
         std::fs::rename(&self.bin_tmp, &bin_final).map_err(|e| DataError::io(&bin_final, e))?;
         std::fs::rename(&self.idx_tmp, &idx_final).map_err(|e| DataError::io(&idx_final, e))?;
+        escale_util::publish::sync_dir(escale_util::publish::parent_dir(&idx_final));
         let _ = std::fs::remove_file(&self.ptr_tmp);
         self.done = true;
         Ok(WrittenDataset { prefix: self.prefix.clone(), dtype: self.dtype, documents: self.sequences, tokens: self.tokens })

@@ -69,30 +69,43 @@ use crate::tokenizer::{SpecialToken, TextTokenizer};
 /// How an input file is parsed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum InputFormat {
     /// By extension: `.jsonl`, `.ndjson`, `.json` are JSONL, the rest plain text.
     #[default]
     Auto,
+    #[serde(alias = "txt")]
+    #[cfg_attr(feature = "clap", value(alias = "txt"))]
     Text,
+    #[serde(alias = "json")]
+    #[cfg_attr(feature = "clap", value(alias = "json"))]
     Jsonl,
 }
 
 /// How plain text is cut into documents.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TextDocs {
     /// One document per file.
+    #[serde(alias = "files")]
+    #[cfg_attr(feature = "clap", value(alias = "files"))]
     File,
     /// One document per block of lines separated by blank (whitespace-only) lines.
     #[default]
+    #[serde(alias = "paragraphs")]
+    #[cfg_attr(feature = "clap", value(alias = "paragraphs"))]
     Paragraph,
     /// One document per non-empty line.
+    #[serde(alias = "lines")]
+    #[cfg_attr(feature = "clap", value(alias = "lines"))]
     Line,
 }
 
 /// What to do with an input error.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OnError {
     #[default]
     Abort,

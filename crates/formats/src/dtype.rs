@@ -64,6 +64,15 @@ impl DType {
     }
 }
 
+/// `s.parse::<DType>()` ([`DType::parse`] with an error listing the choices), so flags can take a
+/// `DType` directly.
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DType, String> {
+        DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
+    }
+}
+
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.safetensors_name())

@@ -294,8 +294,11 @@ impl Checkpoint {
     }
 }
 
+/// A shard index: the distinct shard files (in first-mention order) and (tensor, file) pairs.
+type ShardIndex = (Vec<String>, Vec<(String, String)>);
+
 /// Reads `model.safetensors.index.json`: the distinct shard files (in first-mention order) and the map.
-fn read_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
+fn read_index(path: &Path) -> Result<ShardIndex> {
     let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
     let value: Value =
         serde_json::from_str(&text).map_err(|e| FormatError::Json { path: path.to_path_buf(), source: e })?;

@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use escale_util::publish;
 use serde_json::{json, Map, Value};
 
 use crate::config::ModelConfig;
@@ -102,24 +103,9 @@ pub struct CheckpointWriter {
     finished: bool,
 }
 
-fn temp_sibling(out_dir: &Path, tag: &str) -> Result<PathBuf> {
-    let name = out_dir
-        .file_name()
-        .ok_or_else(|| FormatError::Other { path: out_dir.to_path_buf(), message: "output path has no folder name".into() })?;
-    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok(parent.join(format!(".{}.escale-{tag}-{}", name.to_string_lossy(), std::process::id())))
-}
-
-fn is_nonempty_dir(path: &Path) -> bool {
-    match std::fs::read_dir(path) {
-        Ok(mut it) => it.next().is_some(),
-        Err(_) => path.exists(),
-    }
-}
-
 /// Refuses to replace a non-empty output unless forced (checked before any work is done).
 pub fn check_output(out_dir: &Path, force: bool) -> Result<()> {
-    if !force && is_nonempty_dir(out_dir) {
+    if !force && publish::is_nonempty(out_dir) {
         return Err(FormatError::OutputExists { path: out_dir.to_path_buf() });
     }
     Ok(())
@@ -181,7 +167,8 @@ impl CheckpointWriter {
                 return Err(FormatError::tensor(out_dir, &t.name, "declared twice"));
             }
         }
-        let tmp_dir = temp_sibling(out_dir, "tmp")?;
+        let tmp_dir = publish::temp_path(out_dir, "tmp")
+            .map_err(|e| FormatError::Other { path: out_dir.to_path_buf(), message: e.to_string() })?;
         if tmp_dir.exists() {
             std::fs::remove_dir_all(&tmp_dir).map_err(|e| FormatError::io(&tmp_dir, e))?;
         }
@@ -348,8 +335,10 @@ impl Drop for CheckpointWriter {
     }
 }
 
+/// Writes a small file (config, index, manifest) atomically and synced, so a published folder
+/// never holds a half-written one.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| FormatError::io(path, e))
+    publish::write_atomic(path, bytes).map_err(|e| FormatError::io(path, e))
 }
 
 /// Copies tokenizer files and generation_config.json from a source model folder, when present.
@@ -363,32 +352,13 @@ pub fn copy_auxiliary_files(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Moves a completed folder into place. With `force`, an existing target is first moved aside
-/// and only deleted once the new folder is in place.
+/// Moves a completed folder into place ([`escale_util::publish::publish_dir`]). With `force`, an
+/// existing target is first moved aside and only deleted once the new folder is in place.
 pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, force: bool) -> Result<()> {
-    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| FormatError::io(parent, e))?;
-    }
-    let mut old = None;
-    if out_dir.exists() {
-        if is_nonempty_dir(out_dir) && !force {
-            return Err(FormatError::OutputExists { path: out_dir.to_path_buf() });
-        }
-        let aside = temp_sibling(out_dir, "old")?;
-        std::fs::rename(out_dir, &aside).map_err(|e| FormatError::io(out_dir, e))?;
-        old = Some(aside);
-    }
-    std::fs::rename(tmp_dir, out_dir).map_err(|e| FormatError::io(out_dir, e))?;
-    if let Some(aside) = old {
-        let _ = std::fs::remove_dir_all(aside);
-    }
-    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        // Make the rename durable; best effort (not every filesystem allows syncing a folder).
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
+    publish::publish_dir(tmp_dir, out_dir, force).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => FormatError::OutputExists { path: out_dir.to_path_buf() },
+        _ => FormatError::io(out_dir, e),
+    })
 }
 
 /// Copies a checkpoint tensor by tensor into a new folder (re-sharding it, say). Tensors the

@@ -5,6 +5,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{ModelError, Result};
+use crate::ops::log_softmax_slice;
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LogitStats {
@@ -29,12 +30,6 @@ pub struct LogitStats {
     sum_kl: f64,
     #[serde(skip)]
     agree: usize,
-}
-
-fn log_softmax(row: &[f64]) -> Vec<f64> {
-    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-    row.iter().map(|x| x - lse).collect()
 }
 
 fn argmax(row: &[f64]) -> usize {
@@ -78,7 +73,7 @@ impl LogitStats {
                 self.sum_abs += d;
             }
             self.n_values += v;
-            let (lr, lc) = (log_softmax(rr), log_softmax(cr));
+            let (lr, lc) = (log_softmax_slice(rr), log_softmax_slice(cr));
             let kl: f64 = lr.iter().zip(&lc).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0);
             self.sum_kl += kl;
             self.max_kl = self.max_kl.max(kl);

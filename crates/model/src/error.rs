@@ -16,6 +16,9 @@ pub enum ModelError {
     /// Bad input to forward/generate (token ids, sequence length, dtypes).
     #[error("invalid input: {0}")]
     Input(String),
+    /// Loading a tokenizer or encoding text failed (names the tokenizer file).
+    #[error(transparent)]
+    Data(#[from] escale_data::DataError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// Anything else, e.g. an error raised by a caller's `extra` callback in [`crate::Model::save`].

@@ -9,12 +9,14 @@ pub mod fused;
 pub mod generate;
 pub mod model;
 pub mod ops;
+pub mod precision;
 pub mod rope;
 pub mod text;
 
 pub use error::{ModelError, Result};
 pub use model::{ForwardOutput, KvCache, Model};
 pub use ops::{cross_entropy, next_token_loss, token_nll};
+pub use precision::Precision;
 
 /// Raises glibc's mmap / trim thresholds so the large tensors a training step frees are reused
 /// instead of returned to the OS and page-faulted in again on the next step (measured in

@@ -208,7 +208,7 @@ impl Model {
         };
         let windows = layer_windows(config);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
+        for (l, &window) in windows.iter().enumerate() {
             let ffn = if config.is_moe_layer(l) {
                 let m = config.moe.as_ref().expect("is_moe_layer implies a MoE config");
                 let shared = if by_param.contains_key(&Param::Layer(l, LayerParam::SharedExpertGate)) {
@@ -234,7 +234,7 @@ impl Model {
                 v: lin(l, LayerParam::V, LayerParam::VBias)?,
                 o: lin(l, LayerParam::O, LayerParam::OBias)?,
                 ffn,
-                window: windows[l],
+                window,
             });
         }
         Ok(Model {
@@ -399,8 +399,8 @@ impl Model {
         let mut router_logits = Vec::new();
         let mut expert_counts = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
-            if !masks.contains_key(&layer.window) {
-                masks.insert(layer.window, self.mask(s, offset, layer.window)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = masks.entry(layer.window) {
+                slot.insert(self.mask(s, offset, layer.window)?);
             }
             let mask = masks[&layer.window].as_ref();
             let hn = ops::rms_norm(&x, layer.input_norm.as_tensor(), cfg.rms_norm_eps)?;

@@ -67,6 +67,20 @@ pub fn log_softmax_last_dim_composite(x: &Tensor) -> Result<Tensor> {
     Ok(z.broadcast_sub(&lse)?)
 }
 
+/// logsumexp over the last dim, which is removed (stable, detached max as above).
+pub fn logsumexp_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let lse = x.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&m)?;
+    Ok(lse.squeeze(D::Minus1)?)
+}
+
+/// log-softmax of one row of logits in f64, outside any autograd graph (comparing models' outputs).
+pub fn log_softmax_slice(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+    row.iter().map(|x| x - lse).collect()
+}
+
 /// `1 / (1 + exp(-x))` from primitives (candle-nn's sigmoid is a custom op; this one is plainly
 /// differentiable).
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {

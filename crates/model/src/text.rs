@@ -1,39 +1,13 @@
-//! Text -> token windows for `eval` and `verify`: the model folder's `tokenizer.json` (HF
-//! `tokenizers`), streamed in chunks so arbitrarily long files use bounded memory.
+//! Text -> token windows for `eval` and `verify`: text streamed in chunks through the model
+//! folder's tokenizer, so arbitrarily long files use bounded memory. Tokenizers are loaded by
+//! [`escale_data::TextTokenizer`], the one loading path (it also knows EOS and BOS).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use tokenizers::Tokenizer;
+use escale_data::TextTokenizer;
 
 use crate::error::{ModelError, Result};
-
-/// Loads `<model_dir>/tokenizer.json`, with an error that says what is missing and where.
-pub fn load_tokenizer(model_dir: &Path) -> Result<Tokenizer> {
-    let path = model_dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Err(ModelError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "tokenizer.json not found in the model folder (needed to turn text into token ids)",
-            ),
-        });
-    }
-    Tokenizer::from_file(&path).map_err(|e| ModelError::Other(format!("{}: {e}", path.display())))
-}
-
-pub fn encode(tok: &Tokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-    Ok(tok
-        .encode(text, add_special_tokens)
-        .map_err(|e| ModelError::other(format!("tokenizing: {e}")))?
-        .get_ids()
-        .to_vec())
-}
-
-pub fn decode(tok: &Tokenizer, ids: &[u32]) -> Result<String> {
-    tok.decode(ids, true).map_err(|e| ModelError::other(format!("decoding: {e}")))
-}
 
 /// Splits a long token sequence into windows of at most `window` tokens that overlap by one token,
 /// so every token after the first is predicted exactly once (window `k` starts at `k*(window-1)`).
@@ -54,12 +28,13 @@ pub fn windows(ids: &[u32], window: usize) -> Vec<&[u32]> {
 }
 
 /// Token stream over a text file, read in chunks of about `chunk_bytes` cut at line ends. The
-/// first chunk is encoded with the tokenizer's special tokens (e.g. BOS), later ones without.
+/// first chunk is encoded with the tokenizer's post-processor special tokens (e.g. BOS, exactly
+/// where transformers' `tokenizer(text)` puts them), later ones without.
 /// Chunk boundaries may tokenize slightly differently from encoding the whole file at once (a
 /// SentencePiece-style tokenizer re-adds its word-start marker per chunk); with 64 KiB chunks that
 /// touches about one token per chunk.
 pub struct TokenStream<'a> {
-    tok: &'a Tokenizer,
+    tok: &'a TextTokenizer,
     reader: BufReader<Box<dyn Read + 'a>>,
     path: PathBuf,
     first: bool,
@@ -68,12 +43,12 @@ pub struct TokenStream<'a> {
 }
 
 impl<'a> TokenStream<'a> {
-    pub fn open(tok: &'a Tokenizer, path: &Path) -> Result<TokenStream<'a>> {
+    pub fn open(tok: &'a TextTokenizer, path: &Path) -> Result<TokenStream<'a>> {
         let f = std::fs::File::open(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
         Ok(TokenStream::from_reader(tok, Box::new(f), path))
     }
 
-    pub fn from_reader(tok: &'a Tokenizer, reader: Box<dyn Read + 'a>, path: &Path) -> TokenStream<'a> {
+    pub fn from_reader(tok: &'a TextTokenizer, reader: Box<dyn Read + 'a>, path: &Path) -> TokenStream<'a> {
         TokenStream {
             tok,
             reader: BufReader::new(reader),
@@ -103,7 +78,7 @@ impl<'a> TokenStream<'a> {
         if text.is_empty() && !self.first {
             return Ok(None);
         }
-        let ids = encode(self.tok, &text, self.first)?;
+        let ids = self.tok.encode_with(&text, self.first)?;
         self.first = false;
         Ok(Some(ids))
     }
@@ -128,7 +103,7 @@ mod tests {
     #[test]
     fn missing_tokenizer_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = load_tokenizer(dir.path()).unwrap_err().to_string();
+        let e = TextTokenizer::from_file(dir.path()).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
     }
 }

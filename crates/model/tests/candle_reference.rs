@@ -55,8 +55,8 @@ fn compare(ours: &Model, mut step: impl FnMut(&Tensor, usize) -> Tensor, label: 
     let full = ours.forward(&ids).unwrap().logits.squeeze(0).unwrap();
     let mut worst = 0f64;
     let mut scale = 0f64;
-    for p in 0..SEQ.len() {
-        let tok = Tensor::new(&[SEQ[p]], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    for (p, &id) in SEQ.iter().enumerate() {
+        let tok = Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let theirs = step(&tok, p).flatten_all().unwrap();
         let (d, s) = common::max_diff(&full.i(p).unwrap(), &theirs);
         worst = worst.max(d);

@@ -4,14 +4,15 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use escale_model::{next_token_loss, text, Model};
+use escale_data::TextTokenizer;
+use escale_model::{next_token_loss, Model};
 
 #[test]
 fn corpus_loss_matches_reference() {
     let shared = require_shared!();
     let dir = shared.join("testdata/models/stories260K");
     let model = Model::load_dir(&dir, &Device::Cpu, DType::F32).unwrap();
-    let tok = text::load_tokenizer(&dir).unwrap();
+    let tok = TextTokenizer::from_file(&dir).unwrap();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference/reference.json")).unwrap()).unwrap();
     let mut checked = 0;
@@ -22,7 +23,7 @@ fn corpus_loss_matches_reference() {
             continue;
         };
         checked += 1;
-        let ids = text::encode(&tok, &body, false).unwrap();
+        let ids = tok.encode(&body).unwrap();
         let mut losses = Vec::new();
         for w in 0..4 {
             let mut row = vec![1u32];

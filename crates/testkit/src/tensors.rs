@@ -66,7 +66,7 @@ pub fn read_checkpoint_f32(dir: &Path) -> BTreeMap<String, Tensor> {
     out
 }
 
-/// Writes f32 tensors to a safetensors file (via a temporary file renamed into place).
+/// Writes f32 tensors to a safetensors file, atomically (escale's own temporary-then-rename).
 pub fn write_safetensors_f32(path: &Path, tensors: &BTreeMap<String, Tensor>) {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
@@ -76,10 +76,8 @@ pub fn write_safetensors_f32(path: &Path, tensors: &BTreeMap<String, Tensor>) {
         .iter()
         .map(|(n, b, s)| (n.clone(), TensorView::new(StDtype::F32, s.clone(), b).expect("consistent view")))
         .collect();
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    safetensors::serialize_to_file(views, None, &tmp)
-        .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    let file = safetensors::serialize(views, None).unwrap_or_else(|e| panic!("serialising {}: {e}", path.display()));
+    escale_util::publish::write_atomic(path, &file).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 fn to_f32(dtype: StDtype, b: &[u8]) -> Option<Vec<f32>> {

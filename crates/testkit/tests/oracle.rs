@@ -288,7 +288,7 @@ fn moe_losses_reproduce_the_spec_worked_example() {
     let oracle = require_oracle!();
     // growth-algorithms.md section 5: E=4, k=2, T=3.
     let z = Tensor::new(vec![3, 4], vec![2.0, 1.0, 0.0, -1.0, 0.0, 0.5, 3.0, -0.5, 1.0, 2.0, 0.5, 0.0]);
-    let m = oracle.moe_losses(&[z.clone()], 2);
+    let m = oracle.moe_losses(std::slice::from_ref(&z), 2);
     assert_eq!((m.num_experts, m.k), (4, 2));
     assert!((m.hf_aux - 2.4609).abs() < 1e-4, "HF aux {}", m.hf_aux);
     assert!((m.megatron_aux_mean - 1.2304).abs() < 1e-4, "Megatron aux {}", m.megatron_aux_mean);

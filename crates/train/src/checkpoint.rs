@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use escale_util::publish;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -99,8 +100,8 @@ pub fn latest_checkpoint(output: &Path) -> Result<Option<(u64, PathBuf)>> {
 pub fn rotate_checkpoints(output: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(output)?;
     let excess = all.len().saturating_sub(keep.max(1));
-    for (step, dir) in all.into_iter().take(excess) {
-        let trash = checkpoints_root(output).join(format!(".deleting-{step:08}"));
+    for (_, dir) in all.into_iter().take(excess) {
+        let trash = publish::temp_path(&dir, "old").map_err(|e| TrainError::io(&dir, e))?;
         std::fs::rename(&dir, &trash).map_err(|e| TrainError::io(&dir, e))?;
         std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))?;
     }
@@ -110,7 +111,7 @@ pub fn rotate_checkpoints(output: &Path, keep: usize) -> Result<()> {
 pub fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
     let path = dir.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).expect("state serialises");
-    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+    publish::write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {

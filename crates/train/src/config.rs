@@ -13,6 +13,7 @@ use crate::schedule::{LrSchedule, ScheduleKind};
 /// Which parameters receive updates (the rest are frozen: no gradient step, no optimizer state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TrainOnly {
     #[default]
     All,
@@ -22,35 +23,9 @@ pub enum TrainOnly {
     Experts,
 }
 
-impl TrainOnly {
-    pub fn parse(s: &str) -> Option<TrainOnly> {
-        match s {
-            "all" => Some(TrainOnly::All),
-            "new-layers" => Some(TrainOnly::NewLayers),
-            "experts" => Some(TrainOnly::Experts),
-            _ => None,
-        }
-    }
-}
-
 /// Compute precision of the trained weights (checkpoints are stored in the same precision, so a
-/// resumed run continues from bit-identical weights).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TrainDType {
-    #[default]
-    F32,
-    F64,
-}
-
-impl TrainDType {
-    pub fn candle(self) -> candle_core::DType {
-        match self {
-            TrainDType::F32 => candle_core::DType::F32,
-            TrainDType::F64 => candle_core::DType::F64,
-        }
-    }
-}
+/// resumed run continues from bit-identical weights): the model's own [`escale_model::Precision`].
+pub type TrainDType = escale_model::Precision;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

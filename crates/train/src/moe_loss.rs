@@ -16,27 +16,21 @@
 //! `n_e` is a count (no gradient); the gradient flows through `P_e` and the logsumexp. The counts
 //! must be the ones the router actually used, so the trainer passes the model's own top-k counts.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
+// The model's composite softmax/logsumexp: stable, and built from candle-core primitives that
+// record a backward.
+use escale_model::ops::{logsumexp_last_dim, softmax_last_dim_composite};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LossConvention {
     #[default]
     Megatron,
     Hf,
-}
-
-impl LossConvention {
-    pub fn parse(s: &str) -> Option<LossConvention> {
-        match s.to_ascii_lowercase().as_str() {
-            "megatron" => Some(LossConvention::Megatron),
-            "hf" => Some(LossConvention::Hf),
-            _ => None,
-        }
-    }
 }
 
 /// The MoE terms of one forward pass.
@@ -49,26 +43,13 @@ pub struct MoeLosses {
     pub z: f64,
 }
 
-/// Softmax over experts, computed stably from candle-core primitives (which record a backward;
-/// candle-nn's fused softmax does not).
-fn softmax(z: &Tensor) -> Result<Tensor> {
-    let m = z.max_keepdim(D::Minus1)?.detach();
-    let e = z.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-fn logsumexp(z: &Tensor) -> Result<Tensor> {
-    let m = z.max_keepdim(D::Minus1)?.detach();
-    Ok(z.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&m)?.squeeze(D::Minus1)?)
-}
-
 /// `sum_e n_e * P_e` for one layer, as a differentiable scalar, and `T`.
 fn counts_dot_mean_prob(logits: &Tensor, counts: &[u64]) -> Result<(Tensor, usize)> {
     let (t, e) = logits.dims2()?;
     if counts.len() != e {
         return Err(TrainError::other(format!("MoE loss: {} expert counts for router logits with {e} experts", counts.len())));
     }
-    let p_mean = softmax(logits)?.mean(0)?;
+    let p_mean = softmax_last_dim_composite(logits)?.mean(0)?;
     let n: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
     let n = Tensor::from_vec(n, e, logits.device())?.to_dtype(logits.dtype())?;
     Ok(((p_mean * n)?.sum_all()?, t))
@@ -124,7 +105,7 @@ pub fn router_z_loss(router_logits: &[Tensor]) -> Result<(Tensor, f64)> {
     if router_logits.is_empty() {
         return Err(TrainError::other("router z-loss: no MoE layers"));
     }
-    let terms = router_logits.iter().map(|z| logsumexp(z)?.sqr()?.mean_all().map_err(Into::into)).collect::<Result<Vec<_>>>()?;
+    let terms = router_logits.iter().map(|z| logsumexp_last_dim(z)?.sqr()?.mean_all().map_err(Into::into)).collect::<Result<Vec<_>>>()?;
     let sum = Tensor::stack(&terms, 0)?.sum_all()?;
     let mean = scalar(&sum)? / terms.len() as f64;
     Ok((sum, mean))
@@ -184,9 +165,9 @@ mod tests {
     fn worked_example_counts_and_mean_probs() {
         let z = example();
         assert_eq!(top_k_counts(&z, 2).unwrap(), vec![2, 3, 1, 0]);
-        let p = softmax(&z).unwrap().mean(0).unwrap().to_vec1::<f64>().unwrap();
+        let p = softmax_last_dim_composite(&z).unwrap().mean(0).unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(p.iter().map(|&x| round4(x)).collect::<Vec<_>>(), vec![0.3000, 0.2956, 0.3590, 0.0455]);
-        let lse = logsumexp(&z).unwrap().to_vec1::<f64>().unwrap();
+        let lse = logsumexp_last_dim(&z).unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(lse.iter().map(|&x| round4(x)).collect::<Vec<_>>(), vec![2.4402, 3.1502, 2.5460]);
     }
 
@@ -194,8 +175,8 @@ mod tests {
     fn worked_example_loss_values() {
         let z = example();
         let n = top_k_counts(&z, 2).unwrap();
-        let (_, hf) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Hf).unwrap();
-        let (_, meg) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron).unwrap();
+        let (_, hf) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Hf).unwrap();
+        let (_, meg) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Megatron).unwrap();
         let (_, lz) = router_z_loss(&[z]).unwrap();
         assert_eq!(round4(hf), 2.4609);
         assert_eq!(round4(meg), 1.2304);
@@ -225,7 +206,7 @@ mod tests {
         // Uniform logits: P_e = 1/E; counts spread evenly (T=4, E=4, k=2 -> n_e = 2).
         let z = Tensor::zeros((4, 4), DType::F64, &Device::Cpu).unwrap();
         let n = vec![2, 2, 2, 2];
-        let (_, meg) = load_balancing_loss(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron).unwrap();
+        let (_, meg) = load_balancing_loss(std::slice::from_ref(&z), std::slice::from_ref(&n), 2, LossConvention::Megatron).unwrap();
         let (_, hf) = load_balancing_loss(&[z], &[n], 2, LossConvention::Hf).unwrap();
         assert!((meg - 1.0).abs() < 1e-12 && (hf - 2.0).abs() < 1e-12, "{meg} {hf}");
     }
@@ -236,11 +217,11 @@ mod tests {
         let z0 = example();
         let n = top_k_counts(&z0, 2).unwrap();
         let f = |z: &Tensor| -> f64 {
-            let l = moe_losses(&[z.clone()], &[n.clone()], 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
+            let l = moe_losses(std::slice::from_ref(z), std::slice::from_ref(&n), 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
             scalar(&l.total).unwrap()
         };
         let var = Var::from_tensor(&z0).unwrap();
-        let l = moe_losses(&[var.as_tensor().clone()], &[n.clone()], 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
+        let l = moe_losses(std::slice::from_ref(var.as_tensor()), std::slice::from_ref(&n), 2, LossConvention::Megatron, 0.3, 0.7).unwrap();
         let grads = l.total.backward().unwrap();
         let g = grads.get(var.as_tensor()).expect("router logits receive a gradient");
         let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();

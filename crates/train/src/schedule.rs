@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Shape of the learning rate after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ScheduleKind {
     /// Half a cosine from `peak` to `min_lr` over the post-warmup steps (the common pretraining default).
     #[default]
@@ -20,18 +21,6 @@ pub enum ScheduleKind {
     /// Warmup-stable-decay: `peak` until the last `decay_fraction` of the run, then a straight line
     /// to `min_lr`. Lets a run be extended or branched from any stable-phase checkpoint.
     Wsd,
-}
-
-impl ScheduleKind {
-    pub fn parse(s: &str) -> Option<ScheduleKind> {
-        match s.to_ascii_lowercase().as_str() {
-            "cosine" => Some(ScheduleKind::Cosine),
-            "linear" => Some(ScheduleKind::Linear),
-            "constant" => Some(ScheduleKind::Constant),
-            "wsd" => Some(ScheduleKind::Wsd),
-            _ => None,
-        }
-    }
 }
 
 /// A complete schedule; `lr(step)` is a pure function of it, so resuming needs only the step.

@@ -475,10 +475,8 @@ fn open_log(path: &Path, keep_through: u64) -> Result<File> {
             .collect(),
         _ => String::new(),
     };
-    // Rewrite via a temporary file and rename, so a crash here cannot lose the kept lines.
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    // Rewritten atomically, so a crash here cannot lose the kept lines.
+    escale_util::publish::write_atomic(path, kept.as_bytes()).map_err(|e| TrainError::io(path, e))?;
     std::fs::OpenOptions::new().append(true).open(path).map_err(|e| TrainError::io(path, e))
 }
 

@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use escale_data::TextTokenizer;
 use escale_model::evaluate::Evaluator;
-use escale_model::text;
+use escale_model::{text, Precision};
 
-use super::verify::{load_model, Precision};
+use super::verify::load_model;
+use crate::flags::choice;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub max_tokens: usize,
     /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_enum, value_parser = choice::<Precision>(), default_value_t = Precision::default())]
     pub dtype: Precision,
     /// Print the report as JSON.
     #[arg(long)]
@@ -35,8 +37,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = load_model(&args.model, args.dtype.dtype())?;
-    let tok = text::load_tokenizer(&args.model)?;
+    let model = load_model(&args.model, args.dtype.candle())?;
+    let tok = TextTokenizer::from_file(&args.model)?;
     let window = args.window.unwrap_or(model.config.max_position_embeddings);
     if window < 2 {
         bail!("--window must be at least 2");

@@ -5,11 +5,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::bail;
+use escale_data::TextTokenizer;
 use escale_model::generate::{generate, Decoding};
-use escale_model::text;
+use escale_model::Precision;
 use serde_json::Value;
 
-use super::verify::{load_model, Precision};
+use super::verify::load_model;
+use crate::flags::choice;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_enum, value_parser = choice::<Precision>(), default_value_t = Precision::default())]
     pub dtype: Precision,
     /// Print JSON (prompt ids, new ids, text) instead of the text.
     #[arg(long)]
@@ -42,12 +44,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+    // Written so that NaN fails both checks.
+    let temperature_ok = args.temperature >= 0.0;
+    let top_p_ok = args.top_p > 0.0 && args.top_p <= 1.0;
+    if !(temperature_ok && top_p_ok) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
-    let model = load_model(&args.model, args.dtype.dtype())?;
-    let tok = text::load_tokenizer(&args.model)?;
-    let prompt = text::encode(&tok, &args.prompt, true)?;
+    let model = load_model(&args.model, args.dtype.candle())?;
+    let tok = TextTokenizer::from_file(&args.model)?;
+    let prompt = tok.encode_with(&args.prompt, true)?;
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens (this tokenizer adds no BOS): give some prompt text");
     }
@@ -72,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let new = generate(&model, &prompt, args.max_new_tokens, &decoding, &stop, |_| {})?;
     let mut all = prompt.clone();
     all.extend(&new);
-    let text = text::decode(&tok, &all)?;
+    let text = tok.decode(&all, true)?;
     if args.json {
         let v = serde_json::json!({"prompt_ids": prompt, "new_ids": new, "text": text});
         println!("{}", serde_json::to_string_pretty(&v)?);

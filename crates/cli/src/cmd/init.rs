@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use escale_formats::DType;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,17 +19,15 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Storage precision of the weights: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, default_value_t = DType::F32)]
+    pub dtype: DType,
     /// Replace a non-empty output folder.
     #[arg(long)]
     pub force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let storage = escale_formats::DType::parse(&args.dtype)
-        .with_context(|| format!("--dtype {}: expected f32, bf16 or f16", args.dtype))?;
-    let out = escale_train::init_model(&args.config, &args.output, args.seed, storage, args.force)
+    let out = escale_train::init_model(&args.config, &args.output, args.seed, args.dtype, args.force)
         .with_context(|| format!("initialising a model from {}", args.config.display()))?;
     println!("wrote a randomly initialised model (seed {}) to {}", args.seed, out.display());
     Ok(())

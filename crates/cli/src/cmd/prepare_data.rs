@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use escale_data::{prepare_data, DType, InputFormat, OnError, PrepareOptions, TextDocs};
 
+use crate::flags::choice;
+
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     escale prepare-data corpus/ --tokenizer tok/tokenizer.json --output data/tokens --split 0.99\n  \
@@ -24,11 +26,11 @@ pub struct Args {
     #[arg(long, value_name = "PREFIX")]
     pub output: PathBuf,
     /// Input format: `auto` (.jsonl/.ndjson/.json are JSONL, the rest plain text), `text` or `jsonl`.
-    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    #[arg(long, value_enum, value_parser = choice::<InputFormat>(), default_value_t = InputFormat::default())]
     pub format: InputFormat,
     /// Plain-text documents: `paragraph` (blocks separated by blank lines), `file` (one document
     /// per file) or `line` (one per non-empty line).
-    #[arg(long, default_value = "paragraph", value_parser = parse_text_docs)]
+    #[arg(long, value_enum, value_parser = choice::<TextDocs>(), default_value_t = TextDocs::default())]
     pub text_docs: TextDocs,
     /// JSONL field holding the text (one document per line).
     #[arg(long, default_value = "text")]
@@ -56,7 +58,7 @@ pub struct Args {
     pub split_seed: u64,
     /// On an unreadable file, invalid UTF-8 or a bad JSONL line: `abort` (nothing is written) or
     /// `skip` the document (the whole file with --text-docs file) and report it.
-    #[arg(long, default_value = "abort", value_parser = parse_on_error)]
+    #[arg(long, value_enum, value_parser = choice::<OnError>(), default_value_t = OnError::default())]
     pub on_error: OnError,
     /// Encoding threads (default: all cores).
     #[arg(long)]
@@ -70,32 +72,6 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_format(s: &str) -> Result<InputFormat, String> {
-    match s {
-        "auto" => Ok(InputFormat::Auto),
-        "text" | "txt" => Ok(InputFormat::Text),
-        "jsonl" | "json" => Ok(InputFormat::Jsonl),
-        _ => Err(format!("unknown format `{s}` (auto, text, jsonl)")),
-    }
-}
-
-fn parse_text_docs(s: &str) -> Result<TextDocs, String> {
-    match s {
-        "paragraph" | "paragraphs" => Ok(TextDocs::Paragraph),
-        "file" | "files" => Ok(TextDocs::File),
-        "line" | "lines" => Ok(TextDocs::Line),
-        _ => Err(format!("unknown text mode `{s}` (paragraph, file, line)")),
-    }
-}
-
-fn parse_on_error(s: &str) -> Result<OnError, String> {
-    match s {
-        "abort" => Ok(OnError::Abort),
-        "skip" => Ok(OnError::Skip),
-        _ => Err(format!("unknown --on-error `{s}` (abort, skip)")),
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -5,15 +5,24 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use escale_train::{LossConvention, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::flags::choice;
+
+/// The defaults shown in `--help`: a flag left out keeps the `--config` file's value, or this.
+fn default() -> TrainConfig {
+    TrainConfig::default()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
     /// HF model folder to continue training (may come from --config instead).
     pub model: Option<PathBuf>,
-    /// YAML file with training settings (field names as in the flags, with underscores).
+    /// YAML file with training settings (the keys of `escale_train::TrainConfig`: the flags'
+    /// names with underscores, and `warmup_steps` for --warmup).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Training data: Megatron indexed dataset prefix (PREFIX.bin / PREFIX.idx).
@@ -25,87 +34,87 @@ pub struct Args {
     /// Run folder: checkpoints/, train_log.jsonl, eval_log.jsonl.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Tokens per training sequence (at most the model's max_position_embeddings). Default 256.
-    #[arg(long)]
-    pub seq_len: Option<usize>,
-    /// Sequences per micro-batch. Default 8.
-    #[arg(long)]
-    pub micro_batch: Option<usize>,
-    /// Micro-batches per optimizer step. Default 1.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
+    /// Tokens per training sequence (at most the model's max_position_embeddings).
+    #[arg(long, default_value_t = default().seq_len)]
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = default().micro_batch)]
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = default().grad_accum)]
+    pub grad_accum: usize,
     /// Run length in optimizer steps.
     #[arg(long)]
     pub steps: Option<u64>,
     /// Run length in training tokens (rounded up to whole steps); --steps wins if both are given.
     #[arg(long)]
     pub total_tokens: Option<u64>,
-    /// Peak learning rate. Default 3e-4.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Final learning rate of decaying schedules. Default 3e-5.
-    #[arg(long)]
-    pub min_lr: Option<f64>,
-    /// Linear warmup steps. Default 0.
-    #[arg(long)]
-    pub warmup: Option<u64>,
-    /// Learning-rate schedule: cosine, linear, constant or wsd. Default cosine.
-    #[arg(long)]
-    pub schedule: Option<String>,
-    /// WSD: fraction of the run spent decaying. Default 0.1.
-    #[arg(long)]
-    pub decay_fraction: Option<f64>,
-    /// AdamW beta1. Default 0.9.
-    #[arg(long)]
-    pub beta1: Option<f64>,
-    /// AdamW beta2. Default 0.95.
-    #[arg(long)]
-    pub beta2: Option<f64>,
-    /// AdamW epsilon. Default 1e-8.
-    #[arg(long)]
-    pub eps: Option<f64>,
-    /// Decoupled weight decay (not applied to norms and biases). Default 0.1.
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Clip gradients to this global norm (0 disables). Default 1.0.
-    #[arg(long)]
-    pub clip: Option<f64>,
-    /// Seed of the data order. Default 1234.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Evaluate every N steps (0: only at the end). Default 0.
-    #[arg(long)]
-    pub eval_interval: Option<u64>,
-    /// Validation tokens scored per evaluation. Default 32768.
-    #[arg(long)]
-    pub eval_tokens: Option<u64>,
-    /// Checkpoint every N steps (0: only at the end). Default 0.
-    #[arg(long)]
-    pub save_interval: Option<u64>,
-    /// How many most recent checkpoints to keep. Default 2.
-    #[arg(long)]
-    pub keep_checkpoints: Option<usize>,
-    /// MoE load-balancing loss coefficient. Default 0.001.
-    #[arg(long)]
-    pub aux_loss_coef: Option<f64>,
-    /// MoE router z-loss coefficient. Default 0.01.
-    #[arg(long)]
-    pub z_loss_coef: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = default().lr)]
+    pub lr: f64,
+    /// Final learning rate of decaying schedules.
+    #[arg(long, default_value_t = default().min_lr)]
+    pub min_lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = default().warmup_steps)]
+    pub warmup: u64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, ignore_case = true, value_parser = choice::<ScheduleKind>(), default_value_t = default().schedule)]
+    pub schedule: ScheduleKind,
+    /// WSD: fraction of the run spent decaying.
+    #[arg(long, default_value_t = default().decay_fraction)]
+    pub decay_fraction: f64,
+    /// AdamW beta1.
+    #[arg(long, default_value_t = default().beta1)]
+    pub beta1: f64,
+    /// AdamW beta2.
+    #[arg(long, default_value_t = default().beta2)]
+    pub beta2: f64,
+    /// AdamW epsilon.
+    #[arg(long, default_value_t = default().eps)]
+    pub eps: f64,
+    /// Decoupled weight decay (not applied to norms and biases).
+    #[arg(long, default_value_t = default().weight_decay)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0 disables).
+    #[arg(long, default_value_t = default().clip)]
+    pub clip: f64,
+    /// Seed of the data order.
+    #[arg(long, default_value_t = default().seed)]
+    pub seed: u64,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long, default_value_t = default().eval_interval)]
+    pub eval_interval: u64,
+    /// Validation tokens scored per evaluation.
+    #[arg(long, default_value_t = default().eval_tokens)]
+    pub eval_tokens: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = default().save_interval)]
+    pub save_interval: u64,
+    /// How many most recent checkpoints to keep.
+    #[arg(long, default_value_t = default().keep_checkpoints)]
+    pub keep_checkpoints: usize,
+    /// MoE load-balancing loss coefficient.
+    #[arg(long, default_value_t = default().aux_loss_coef)]
+    pub aux_loss_coef: f64,
+    /// MoE router z-loss coefficient.
+    #[arg(long, default_value_t = default().z_loss_coef)]
+    pub z_loss_coef: f64,
     /// Load-balancing convention: megatron (per layer, 1 when balanced) or hf (pooled, k when balanced).
-    #[arg(long)]
-    pub moe_loss_convention: Option<String>,
+    #[arg(long, value_enum, ignore_case = true, value_parser = choice::<LossConvention>(), default_value_t = default().moe_loss_convention)]
+    pub moe_loss_convention: LossConvention,
     /// Train only some parameters: all, new-layers (from escale_growth.json) or experts.
-    #[arg(long)]
-    pub train_only: Option<String>,
-    /// Abort after this many consecutive steps with non-finite loss/gradients. Default 5.
-    #[arg(long)]
-    pub max_nonfinite_steps: Option<u32>,
+    #[arg(long, value_enum, value_parser = choice::<TrainOnly>(), default_value_t = default().train_only)]
+    pub train_only: TrainOnly,
+    /// Abort after this many consecutive steps with non-finite loss/gradients.
+    #[arg(long, default_value_t = default().max_nonfinite_steps)]
+    pub max_nonfinite_steps: u32,
     /// CPU threads (exact resume needs the same number as the original run).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Training precision: f32 or f64 (checkpoints are stored in f32). Default f32.
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Training precision (checkpoints are stored in the same precision).
+    #[arg(long, value_enum, value_parser = choice::<TrainDType>(), default_value_t = default().dtype)]
+    pub dtype: TrainDType,
     /// Continue from the latest complete checkpoint in --output.
     #[arg(long)]
     pub resume: bool,
@@ -117,25 +126,28 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-fn parse<T>(value: Option<String>, flag: &str, f: impl Fn(&str) -> Option<T>, allowed: &str) -> anyhow::Result<Option<T>> {
-    value.map(|v| f(&v).with_context(|| format!("--{flag} {v}: expected one of {allowed}"))).transpose()
-}
-
-/// File settings (or defaults), then every flag given on the command line.
-fn build_config(a: Args) -> anyhow::Result<TrainConfig> {
+/// File settings (or defaults), then every flag given on the command line (`given` holds this
+/// subcommand's parsed flags: a flag with a default overrides the file only when typed).
+fn build_config(a: Args, given: &ArgMatches) -> anyhow::Result<TrainConfig> {
     let mut c = match &a.config {
         Some(p) => TrainConfig::from_yaml_file(p)?,
         None => TrainConfig::default(),
     };
+    let typed = |flag: &str| given.value_source(flag) == Some(ValueSource::CommandLine);
     macro_rules! set {
-        ($($field:ident <- $val:expr),* $(,)?) => { $( if let Some(v) = $val { c.$field = v; } )* };
+        ($($field:ident <- $flag:ident),* $(,)?) => { $( if typed(stringify!($flag)) { c.$field = a.$flag; } )* };
     }
-    set!(model <- a.model, data <- a.data, output <- a.output, seq_len <- a.seq_len, micro_batch <- a.micro_batch,
-        grad_accum <- a.grad_accum, lr <- a.lr, min_lr <- a.min_lr, warmup_steps <- a.warmup,
-        decay_fraction <- a.decay_fraction, beta1 <- a.beta1, beta2 <- a.beta2, eps <- a.eps,
-        weight_decay <- a.weight_decay, clip <- a.clip, seed <- a.seed, eval_interval <- a.eval_interval,
-        eval_tokens <- a.eval_tokens, save_interval <- a.save_interval, keep_checkpoints <- a.keep_checkpoints,
-        aux_loss_coef <- a.aux_loss_coef, z_loss_coef <- a.z_loss_coef, max_nonfinite_steps <- a.max_nonfinite_steps);
+    set!(seq_len <- seq_len, micro_batch <- micro_batch, grad_accum <- grad_accum, lr <- lr, min_lr <- min_lr,
+        warmup_steps <- warmup, schedule <- schedule, decay_fraction <- decay_fraction, beta1 <- beta1,
+        beta2 <- beta2, eps <- eps, weight_decay <- weight_decay, clip <- clip, seed <- seed,
+        eval_interval <- eval_interval, eval_tokens <- eval_tokens, save_interval <- save_interval,
+        keep_checkpoints <- keep_checkpoints, aux_loss_coef <- aux_loss_coef, z_loss_coef <- z_loss_coef,
+        moe_loss_convention <- moe_loss_convention, train_only <- train_only,
+        max_nonfinite_steps <- max_nonfinite_steps, dtype <- dtype);
+    macro_rules! set_some {
+        ($($field:ident),* $(,)?) => { $( if let Some(v) = a.$field { c.$field = v; } )* };
+    }
+    set_some!(model, data, output);
     if a.valid.is_some() {
         c.valid = a.valid;
     }
@@ -154,18 +166,14 @@ fn build_config(a: Args) -> anyhow::Result<TrainConfig> {
     if a.stop_after_step.is_some() {
         c.stop_after_step = a.stop_after_step;
     }
-    set!(schedule <- parse(a.schedule, "schedule", ScheduleKind::parse, "cosine, linear, constant, wsd")?,
-        moe_loss_convention <- parse(a.moe_loss_convention, "moe-loss-convention", LossConvention::parse, "megatron, hf")?,
-        train_only <- parse(a.train_only, "train-only", TrainOnly::parse, "all, new-layers, experts")?,
-        dtype <- parse(a.dtype, "dtype", |s| match s { "f32" => Some(TrainDType::F32), "f64" => Some(TrainDType::F64), _ => None }, "f32, f64")?);
     c.resume |= a.resume;
     c.progress_bar = !a.no_progress && std::io::stderr().is_terminal();
     Ok(c)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
     // The allocator is tuned once in main().
-    let cfg = build_config(args)?;
+    let cfg = build_config(args, given)?;
     let total = cfg.total_steps()?;
     let bar = if cfg.progress_bar { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(

@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
+use escale_data::TextTokenizer;
 use escale_model::evaluate::{compare_models, VerifyReport};
-use escale_model::{text, Model};
+use escale_model::{text, Model, Precision};
 use rand::{Rng, SeedableRng};
+
+use crate::flags::choice;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Expect {
@@ -15,21 +18,6 @@ pub enum Expect {
     Report,
     /// Fail (exit 1) when max |delta logit| exceeds `--tol` (0 = bitwise identical logits).
     Exact,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    F64,
-}
-
-impl Precision {
-    pub fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::F64 => DType::F64,
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -61,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub tol: f64,
     /// Compute precision (f64 separates real differences from f32 rounding).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_enum, value_parser = choice::<Precision>(), default_value_t = Precision::default())]
     pub dtype: Precision,
     /// Print the report as JSON.
     #[arg(long)]
@@ -74,7 +62,7 @@ pub fn load_model(dir: &Path, dtype: DType) -> anyhow::Result<Model> {
 
 /// The first `max` tokens of a text file (streamed: only what is needed is read and tokenized).
 pub fn text_tokens(model_dir: &Path, path: &Path, max: usize) -> anyhow::Result<Vec<u32>> {
-    let tok = text::load_tokenizer(model_dir)?;
+    let tok = TextTokenizer::from_file(model_dir)?;
     let mut stream = text::TokenStream::open(&tok, path)?;
     let mut ids = Vec::new();
     while ids.len() < max {
@@ -101,8 +89,8 @@ fn print_text(r: &VerifyReport, args: &Args) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reference = load_model(&args.reference, args.dtype.dtype())?;
-    let candidate = load_model(&args.candidate, args.dtype.dtype())?;
+    let reference = load_model(&args.reference, args.dtype.candle())?;
+    let candidate = load_model(&args.candidate, args.dtype.candle())?;
     if reference.config.vocab_size != candidate.config.vocab_size {
         bail!(
             "vocab sizes differ: reference {} has {}, candidate {} has {}; logits cannot be compared",
@@ -133,7 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         print_text(&report, &args);
     }
-    if args.expect == Expect::Exact && !(report.logits.max_abs_diff <= args.tol) {
+    // A NaN difference is never within tolerance.
+    let within_tol = report.logits.max_abs_diff <= args.tol;
+    if args.expect == Expect::Exact && !within_tol {
         bail!(
             "candidate differs from reference: max |delta logit| {:.6e} > tolerance {:e}",
             report.logits.max_abs_diff,

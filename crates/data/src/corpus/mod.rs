@@ -42,6 +42,7 @@ pub use render::{Document, Lang};
 pub use world::World;
 
 use crate::error::{DataError, Result};
+use escale_util::publish;
 use escale_util::rng::SplitMix64;
 
 /// Options of the corpus generator.
@@ -174,29 +175,12 @@ pub fn make_corpus(dir: impl AsRef<Path>, options: &CorpusOptions) -> Result<Cor
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let path = dir.join("corpus.txt");
-    let tmp = dir.join(format!(".corpus.txt.tmp-{}", std::process::id()));
-    let result = (|| {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        let s = write_corpus(options, &mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        Ok::<_, std::io::Error>(s)
-    })();
-    let mut summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(DataError::io(&path, e));
-        }
-    };
-    std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
+    let mut summary =
+        publish::write_atomic_with(&path, |w| write_corpus(options, w)).map_err(|e| DataError::io(&path, e))?;
     summary.files = vec![path];
     let info = dir.join("corpus.info");
-    let info_tmp = dir.join(format!(".corpus.info.tmp-{}", std::process::id()));
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises") + "\n";
-    std::fs::write(&info_tmp, json).map_err(|e| DataError::io(&info_tmp, e))?;
-    std::fs::rename(&info_tmp, &info).map_err(|e| DataError::io(&info, e))?;
+    publish::write_atomic(&info, json.as_bytes()).map_err(|e| DataError::io(&info, e))?;
     Ok(summary)
 }
 
