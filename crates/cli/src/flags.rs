@@ -8,9 +8,10 @@ use clap::error::ErrorKind;
 use clap::ValueEnum;
 
 /// Value parser of a flag taking one of a library enum's names (its `clap::ValueEnum`, whose
-/// names are the serde names). Unlike clap's own parser its error names the flag and the value
-/// together, `--schedule zigzag: expected one of cosine, linear, constant, wsd`, the form every
-/// escale error uses.
+/// names are the serde names): the one enum parser of every subcommand. Unlike clap's own parser
+/// its error names the flag, the value and what was expected together,
+/// `--schedule zigzag: unknown schedule `zigzag`, expected one of cosine, linear, constant, wsd`,
+/// the form every escale error uses.
 #[derive(Clone)]
 pub struct Choice<T>(PhantomData<T>);
 
@@ -23,8 +24,12 @@ impl<T: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Choice<T
 
     fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
         EnumValueParser::<T>::new().parse_ref(cmd, arg, value).map_err(|_| {
-            let flag = arg.and_then(|a| a.get_long()).map(|long| format!("--{long} ")).unwrap_or_default();
-            let message = format!("{flag}{}: expected one of {}\n", value.to_string_lossy(), visible_names::<T>().join(", "));
+            let value = value.to_string_lossy();
+            let long = arg.and_then(|a| a.get_long());
+            let flag = long.map(|long| format!("--{long} ")).unwrap_or_default();
+            let what = long.map_or_else(|| "value".to_string(), |long| long.replace('-', " "));
+            let expected = visible_names::<T>().join(", ");
+            let message = format!("{flag}{value}: unknown {what} `{value}`, expected one of {expected}\n");
             clap::Error::raw(ErrorKind::InvalidValue, message).with_cmd(cmd)
         })
     }
