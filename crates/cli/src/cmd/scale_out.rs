@@ -100,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force };
+    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size.0, force: args.write.force };
     let bar = super::progress::bytes_bar("scale-out", args.quiet);
     let report = execute(plan, &src, &args.output, &writer, &|done, total| {
         bar.set_length(total);

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use escale_formats::writer::{check_output, parse_size};
+use escale_formats::writer::check_output;
+use escale_util::size::ByteSize;
 use escale_formats::{Checkpoint, DType, ModelConfig};
 use escale_grow::Exactness;
 use escale_model::evaluate::compare_models;
@@ -79,8 +80,8 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most output bytes held in memory at once, e.g. 256MB.
-    #[arg(long, default_value = "256MB", value_parser = parse_size_arg)]
-    pub memory_budget: u64,
+    #[arg(long, default_value_t = ByteSize(ExecOptions::default().memory_budget_bytes), value_parser = crate::flags::size())]
+    pub memory_budget: ByteSize,
     /// Print the plan and its exactness verdict, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -97,8 +98,8 @@ pub struct WriteArgs {
     #[arg(long)]
     pub dtype: Option<DType>,
     /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
-    pub max_shard_size: u64,
+    #[arg(long, default_value_t = ByteSize(escale_formats::writer::DEFAULT_MAX_SHARD_BYTES), value_parser = crate::flags::size())]
+    pub max_shard_size: ByteSize,
     /// Replace an existing output folder (atomically, once the new one is complete).
     #[arg(long)]
     pub force: bool,
@@ -126,10 +127,6 @@ fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
 }
 
 /// A positive byte size such as 5GB or 500MB.
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
-}
-
 impl Args {
     fn target(&self) -> anyhow::Result<Target> {
         if let Some(path) = &self.target_config {
@@ -182,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
+    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size.0, force: args.write.force, memory_budget_bytes: args.memory_budget.0, threads: args.threads };
     let bar = super::progress::bytes_bar("scale-up", args.quiet);
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
