@@ -1,6 +1,7 @@
 //! The built-in bilingual corpus: determinism, size, language mix, layout, consistency with its world.
 
-use escale_data::corpus::{corpus_text, make_corpus, parse_size, CorpusGenerator, CorpusOptions, Lang};
+use escale_data::corpus::{corpus_text, make_corpus, CorpusGenerator, CorpusOptions, Lang};
+use escale_util::size::parse_size;
 
 fn opts(size: u64, seed: u64) -> CorpusOptions {
     CorpusOptions { size_bytes: size, seed, ..Default::default() }

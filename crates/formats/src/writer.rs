@@ -41,26 +41,6 @@ impl Default for WriterOptions {
     }
 }
 
-/// Parses sizes like `5GB`, `500MB`, `20KB`, `1GiB` or a plain byte count (HF's `max_shard_size`).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        "KIB" => 1024.0,
-        "MIB" => 1024.0 * 1024.0,
-        "GIB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((num * mult) as u64)
-}
-
 /// A declared output tensor.
 #[derive(Clone, Debug)]
 pub struct TensorSpec {

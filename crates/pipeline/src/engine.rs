@@ -7,20 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
+use escale_grow::Exactness;
 use escale_train::{TrainConfig, TrainEvent};
 
 use crate::plan::{OutSettings, UpSettings};
-
-/// A growth's verdict, from the grow crate's plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Growth {
-    /// Function preserving up to floating-point rounding.
-    pub exact: bool,
-    /// Why not, when not.
-    pub reasons: Vec<String>,
-}
 
 /// What a finished training run produced.
 #[derive(Clone, Debug)]
@@ -53,8 +44,8 @@ pub trait Engine {
     ) -> Result<(PathBuf, PathBuf)>;
     /// A randomly initialised model from `config` (a config.json, tokenizer files beside it).
     fn init_model(&self, config: &Path, out: &Path, seed: u64) -> Result<()>;
-    fn scale_up(&self, src: &Path, out: &Path, settings: &UpSettings) -> Result<Growth>;
-    fn scale_out(&self, src: &Path, out: &Path, settings: &OutSettings) -> Result<Growth>;
+    fn scale_up(&self, src: &Path, out: &Path, settings: &UpSettings) -> Result<Exactness>;
+    fn scale_out(&self, src: &Path, out: &Path, settings: &OutSettings) -> Result<Exactness>;
     /// Mean next-token loss on the first `tokens` tokens of the dataset at `valid`.
     fn evaluate(&self, model: &Path, valid: &Path, seq_len: usize, tokens: u64) -> Result<f64>;
     /// Trains as `cfg` says (resuming from its output folder when it holds checkpoints),
@@ -114,7 +105,7 @@ impl Engine for Escale {
         Ok(())
     }
 
-    fn scale_up(&self, src: &Path, out: &Path, s: &UpSettings) -> Result<Growth> {
+    fn scale_up(&self, src: &Path, out: &Path, s: &UpSettings) -> Result<Exactness> {
         use escale_grow::scale_up::{self as up, ScaleUpOptions, Target, TargetDims};
         let target = Target::Dims(TargetDims {
             hidden_size: s.hidden_size,
@@ -132,10 +123,10 @@ impl Engine for Escale {
         let exec = up::ExecOptions { threads: self.threads, ..up::ExecOptions::default() };
         let (plan, _) = up::scale_up(src, out, &target, &options, &exec, None)
             .with_context(|| format!("scale-up of {} into {}", src.display(), out.display()))?;
-        Ok(Growth { exact: plan.exactness.exact, reasons: plan.exactness.reasons.clone() })
+        Ok(plan.exactness)
     }
 
-    fn scale_out(&self, src: &Path, out: &Path, s: &OutSettings) -> Result<Growth> {
+    fn scale_out(&self, src: &Path, out: &Path, s: &OutSettings) -> Result<Exactness> {
         use escale_grow::scale_out::{self as so, ScaleOutOptions};
         let options = ScaleOutOptions {
             experts: s.experts,
@@ -152,8 +143,7 @@ impl Engine for Escale {
         };
         let report = so::upcycle(src, out, &options, &escale_formats::WriterOptions::default(), &|_, _| {})
             .with_context(|| format!("scale-out of {} into {}", src.display(), out.display()))?;
-        let e = &report.plan.exactness;
-        Ok(Growth { exact: e.exact, reasons: e.broken_by.clone() })
+        Ok(report.plan.exactness)
     }
 
     fn evaluate(&self, model: &Path, valid: &Path, seq_len: usize, tokens: u64) -> Result<f64> {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use escale_grow::Exactness;
 use escale_train::{TrainConfig, TrainEvent};
 
 use crate::manifest::StageRecord;
@@ -26,7 +27,7 @@ pub enum PipelineEvent<'a> {
     /// Validation loss of the starting model of a prepare stage, before any training.
     ValLossBefore(f64),
     /// A growth measured: the source's final validation loss and the grown model's.
-    Transition { source: &'a str, source_val_loss: Option<f64>, grown_val_loss: f64, exact: bool, reasons: &'a [String] },
+    Transition { source: &'a str, source_val_loss: Option<f64>, grown_val_loss: f64, exactness: &'a Exactness },
     /// A baseline's compute budget turned into tokens.
     Budget { flops: f64, tokens: u64, flops_per_token: f64 },
     /// A stage's training starts with these settings.

@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use escale_pipeline::engine::{Engine, Growth, Trained};
+use escale_grow::Exactness;
+use escale_pipeline::engine::{Engine, Trained};
 use escale_pipeline::plan::{OutSettings, UpSettings};
 use escale_pipeline::runner::{self, RunOptions};
 use escale_pipeline::schema::PipelineFile;
@@ -62,11 +63,11 @@ impl Engine for FakeEngine {
     fn init_model(&self, config: &Path, out: &Path, _seed: u64) -> Result<()> {
         copy_config(config, out)
     }
-    fn scale_up(&self, src: &Path, out: &Path, _settings: &UpSettings) -> Result<Growth> {
+    fn scale_up(&self, src: &Path, out: &Path, _settings: &UpSettings) -> Result<Exactness> {
         copy_config(&src.join("config.json"), out)?;
-        Ok(Growth { exact: true, reasons: vec![] })
+        Ok(Exactness::from_reasons(vec![], vec![]))
     }
-    fn scale_out(&self, _src: &Path, _out: &Path, _settings: &OutSettings) -> Result<Growth> {
+    fn scale_out(&self, _src: &Path, _out: &Path, _settings: &OutSettings) -> Result<Exactness> {
         unreachable!("no scale-out in this file")
     }
     fn evaluate(&self, _model: &Path, _valid: &Path, _seq_len: usize, _tokens: u64) -> Result<f64> {
@@ -114,7 +115,7 @@ fn describe(ev: &PipelineEvent) -> String {
         PipelineEvent::InitialisingModel => "init".into(),
         PipelineEvent::Growing { .. } => "growing".into(),
         PipelineEvent::ValLossBefore(_) => "val before".into(),
-        PipelineEvent::Transition { source, exact, .. } => format!("transition from {source} exact {exact}"),
+        PipelineEvent::Transition { source, exactness, .. } => format!("transition from {source} exact {}", exactness.exact),
         PipelineEvent::Budget { tokens, .. } => format!("budget {tokens} tokens"),
         PipelineEvent::Training(cfg) => format!("training {}", cfg.total_tokens.unwrap()),
         PipelineEvent::Train(TrainEvent::Eval(e)) => format!("eval {}", e.val_loss),

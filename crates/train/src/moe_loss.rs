@@ -1,6 +1,6 @@
 //! MoE auxiliary losses: load balancing (two conventions) and the router z-loss.
 //!
-//! Notation (spec section 5): per MoE layer, `T` tokens, router logits `z_t` over `E` experts,
+//! Notation (spec §5, docs/growth-algorithms.md): per MoE layer, `T` tokens, router logits `z_t` over `E` experts,
 //! `p_t = softmax(z_t)`, `n_e` = how many of the `T` tokens picked expert `e` in their top-k
 //! (so `sum_e n_e = kT`), `P_e = mean_t p_{t,e}`.
 //!
@@ -151,7 +151,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The spec's worked example (section 5): E=4, k=2, T=3.
+    /// The spec's worked example (§5): E=4, k=2, T=3.
     fn example() -> Tensor {
         let z = [2.0, 1.0, 0.0, -1.0, 0.0, 0.5, 3.0, -0.5, 1.0, 2.0, 0.5, 0.0f64];
         Tensor::from_slice(&z, (3, 4), &Device::Cpu).unwrap()

@@ -4,7 +4,8 @@
 //!   between escale versions, so corpora, shuffles and growth noise replay exactly);
 //! - [`hash`]: 64-bit FNV-1a, the stable hash behind fingerprints stored on disk;
 //! - [`pages`]: page-cache hints for memory-mapped sources (read-ahead, release after last use);
-//! - [`publish`]: temporary names and atomic, durable publishing of files and folders.
+//! - [`publish`]: temporary names and atomic, durable publishing of files and folders;
+//! - [`size`]: byte sizes as people type them (`5GB`, `512KiB`).
 //!
 //! This crate sits below every other escale crate and depends on nothing of theirs.
 
@@ -12,3 +13,4 @@ pub mod hash;
 pub mod pages;
 pub mod publish;
 pub mod rng;
+pub mod size;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use escale_data::corpus::{make_corpus, parse_size, CorpusOptions};
+use escale_data::corpus::{make_corpus, CorpusOptions};
+use escale_util::size::ByteSize;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Writes DIR/corpus.txt (documents separated by blank lines, as `prepare-data` \
@@ -11,10 +12,10 @@ use escale_data::corpus::{make_corpus, parse_size, CorpusOptions};
     byte-identical files on every machine.")]
 pub struct Args {
     /// Size of corpus.txt: bytes, or with a unit (KB, MB, GB = powers of 1000; KiB, MiB, GiB).
-    #[arg(long, default_value = "20MB")]
+    #[arg(long, default_value_t = ByteSize(CorpusOptions::default().size_bytes).to_string())]
     pub size: String,
     /// Seed of the world (people, cities, facts) and of the documents.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = CorpusOptions::default().seed)]
     pub seed: u64,
     /// Output folder (created if missing).
     #[arg(long)]
@@ -25,7 +26,7 @@ pub struct Args {
     pub people: Option<usize>,
     /// Fraction of single-language documents in Chinese (the rest English; about 8% of
     /// documents are parallel English/Chinese sentences whatever this is).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = CorpusOptions::default().zh_fraction)]
     pub zh_fraction: f64,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -33,8 +34,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let size_bytes = parse_size(&args.size).with_context(|| format!("--size {}: expected e.g. 20MB", args.size))?;
-    let options = CorpusOptions { size_bytes, seed: args.seed, people: args.people, zh_fraction: args.zh_fraction };
+    // Parsed here rather than by clap so that a bad size is an ordinary error (exit status 1).
+    let size: ByteSize = args.size.parse().map_err(|e| anyhow::anyhow!("--size {}: {e}", args.size))?;
+    let options = CorpusOptions { size_bytes: size.0, seed: args.seed, people: args.people, zh_fraction: args.zh_fraction };
     let s = make_corpus(&args.output, &options).with_context(|| format!("writing the corpus to {}", args.output.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, value_enum, value_parser = choice::<TextDocs>(), default_value_t = TextDocs::default())]
     pub text_docs: TextDocs,
     /// JSONL field holding the text (one document per line).
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value_t = PrepareOptions::default().json_key)]
     pub json_key: String,
     /// EOS token appended after each document (default: eos_token of tokenizer_config.json, else
     /// a well-known name found in the vocabulary such as </s> or <|endoftext|>).
@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "TRAIN_FRACTION")]
     pub split: Option<f64>,
     /// Seed of the --split hash.
-    #[arg(long, default_value_t = 1234)]
+    #[arg(long, default_value_t = PrepareOptions::default().split_seed)]
     pub split_seed: u64,
     /// On an unreadable file, invalid UTF-8 or a bad JSONL line: `abort` (nothing is written) or
     /// `skip` the document (the whole file with --text-docs file) and report it.

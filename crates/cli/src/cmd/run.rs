@@ -65,12 +65,15 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
         PipelineEvent::InitialisingModel => eprintln!("  initialising a random model"),
         PipelineEvent::Growing { source, out } => eprintln!("  growing {} into {}", source.display(), out.display()),
         PipelineEvent::ValLossBefore(loss) => eprintln!("  validation loss before training: {loss:.4}"),
-        PipelineEvent::Transition { source, source_val_loss, grown_val_loss, exact, reasons } => {
+        PipelineEvent::Transition { source, source_val_loss, grown_val_loss, exactness } => {
             let before = source_val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into());
             let change =
                 source_val_loss.map(|v| format!(", {:+.2}%", 100.0 * (grown_val_loss - v) / v)).unwrap_or_default();
-            let verdict =
-                if *exact { "function preserving".to_string() } else { format!("not function preserving: {}", reasons.join("; ")) };
+            let verdict = match &exactness.stored_dtype_rounding {
+                _ if !exactness.exact => format!("not function preserving: {}", exactness.reasons.join("; ")),
+                Some(why) => format!("function preserving in f32 only: {why}"),
+                None => "function preserving".to_string(),
+            };
             eprintln!("  transition: {source} val loss {before} -> grown {grown_val_loss:.4}{change} ({verdict})");
         }
         PipelineEvent::Budget { flops, tokens, flops_per_token } => {

@@ -6,7 +6,8 @@ use anyhow::Context;
 use escale_formats::writer::WriterOptions;
 use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
 
-use super::scale_up::{named_enum, open_source, print_verdict, report_stored_drift, WriteArgs};
+use crate::flags::choice;
+use super::scale_up::{open_source, print_verdict, report_stored_drift, WriteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,11 +23,11 @@ pub struct Args {
     pub top_k: usize,
     /// Output layout: `mixtral` (when unset, for sources without QKV bias) or `qwen2_moe` (when
     /// unset, and required, for sources with QKV bias such as qwen2 and Aquila).
-    #[arg(long, value_parser = named_enum::<MoeFormat>("format"))]
+    #[arg(long, value_parser = choice::<MoeFormat>())]
     pub format: Option<MoeFormat>,
     /// Router initialisation: `normal` (N(0, std²)), `zeros`, or `uniform` (±1/√hidden).
     #[arg(long, value_enum, default_value_t = ScaleOutOptions::default().router_init,
-        value_parser = named_enum::<RouterInit>("router init"))]
+        value_parser = choice::<RouterInit>())]
     pub router_init: RouterInit,
     /// Standard deviation of the normal router. 0.02 follows HF/Megatron (std); AquilaMoE's
     /// "variance 0.02" reading would be 0.1414.
@@ -99,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force };
+    let writer = WriterOptions { max_shard_bytes: args.write.max_shard_size.0, force: args.write.force };
     let bar = super::progress::bytes_bar("scale-out", args.quiet);
     let report = execute(plan, &src, &args.output, &writer, &|done, total| {
         bar.set_length(total);

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::builder::{PossibleValue, TypedValueParser};
-use clap::ValueEnum;
-use escale_formats::writer::{check_output, parse_size};
+use escale_formats::writer::check_output;
+use escale_util::size::ByteSize;
 use escale_formats::{Checkpoint, DType, ModelConfig};
 use escale_grow::Exactness;
 use escale_model::evaluate::compare_models;
 use rand::{Rng, SeedableRng};
+use crate::flags::choice;
 use escale_grow::scale_up::{
     execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
     ScaleUpPlan, ScaleUpReport, Target, TargetDims,
@@ -40,22 +40,22 @@ pub struct Args {
     pub target_config: Option<PathBuf>,
     /// Width method: `fpi` (function-preserving copies), `aki` (new heads / FFN neurons from the
     /// next layer), or `aki-pro` (AKI + interpolation depth growth; AquilaMoE's choice).
-    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().method, value_parser = named_enum::<Method>("method"))]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().method, value_parser = choice::<Method>())]
     pub method: Method,
     /// Residual-stream preset: `fpi` (plain copies; exact only when every channel is copied
     /// equally often, e.g. 2x), `fpi-scaled` or `zero-pad` (exact for any width).
-    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().preset, value_parser = named_enum::<Preset>("preset"))]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().preset, value_parser = choice::<Preset>())]
     pub preset: Preset,
     /// Depth growth: `interpolate` (when unset), `stack` (bert2BERT: whole copies + top
     /// remainder), `stack-mod` (AquilaMoE's l mod L), `identity` (LLaMA-Pro zero-init blocks;
     /// exact), or `interpolate-identity` (interpolation with zero-init duplicates; exact).
-    #[arg(long, value_parser = named_enum::<DepthMethod>("depth method"))]
+    #[arg(long, value_parser = choice::<DepthMethod>())]
     pub depth: Option<DepthMethod>,
     /// Hidden-channel (and FFN neuron) map: `circular` (j mod d) or `random` (seeded).
-    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().hidden_map, value_parser = named_enum::<MapKind>("map"))]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().hidden_map, value_parser = choice::<MapKind>())]
     pub hidden_map: MapKind,
     /// Which head of its own KV group each new query head copies: `circular` or `random` (seeded).
-    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().head_map, value_parser = named_enum::<MapKind>("map"))]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().head_map, value_parser = choice::<MapKind>())]
     pub head_map: MapKind,
     /// Fan-out of copied units: `equal` (1/c each) or `lemon[:STD]` (equal plus zero-sum noise
     /// that keeps the function but breaks the symmetry of copies; STD defaults to the source's
@@ -70,18 +70,18 @@ pub struct Args {
     /// AKI: take the down_proj / o_proj columns of new units from the `upper` layer or from the
     /// layer itself (`self`).
     #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_consumer_source,
-        value_parser = named_enum::<AkiConsumerSource>("AKI consumer source"))]
+        value_parser = choice::<AkiConsumerSource>())]
     pub aki_consumer_source: AkiConsumerSource,
     /// AKI: fill only new heads and FFN neurons from the upper layer (`units`), or also the new
     /// hidden-size rows of o_proj / down_proj (`all`).
-    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_scope, value_parser = named_enum::<AkiScope>("AKI scope"))]
+    #[arg(long, value_enum, default_value_t = ScaleUpOptions::default().aki_scope, value_parser = choice::<AkiScope>())]
     pub aki_scope: AkiScope,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most output bytes held in memory at once, e.g. 256MB.
-    #[arg(long, default_value = "256MB", value_parser = parse_size_arg)]
-    pub memory_budget: u64,
+    #[arg(long, default_value_t = ByteSize(ExecOptions::default().memory_budget_bytes), value_parser = crate::flags::size())]
+    pub memory_budget: ByteSize,
     /// Print the plan and its exactness verdict, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -95,11 +95,11 @@ pub struct Args {
 pub struct WriteArgs {
     /// Output dtype (f32, bf16, f16); default: each source tensor's dtype. Computation is f32,
     /// rounded once.
-    #[arg(long, value_parser = parse_dtype)]
+    #[arg(long)]
     pub dtype: Option<DType>,
     /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
-    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
-    pub max_shard_size: u64,
+    #[arg(long, default_value_t = ByteSize(escale_formats::writer::DEFAULT_MAX_SHARD_BYTES), value_parser = crate::flags::size())]
+    pub max_shard_size: ByteSize,
     /// Replace an existing output folder (atomically, once the new one is complete).
     #[arg(long)]
     pub force: bool,
@@ -110,36 +110,6 @@ pub struct WriteArgs {
 pub enum FanoutArg {
     Equal,
     Lemon(Option<f32>),
-}
-
-/// Parses a growth option enum by its `ValueEnum` names, failing with `unknown WHAT `x`
-/// (expected a, b, c)` so the message names the option even before clap adds the flag.
-#[derive(Clone)]
-pub(super) struct NamedEnum<E> {
-    what: &'static str,
-    enum_type: std::marker::PhantomData<E>,
-}
-
-pub(super) fn named_enum<E>(what: &'static str) -> NamedEnum<E> {
-    NamedEnum { what, enum_type: std::marker::PhantomData }
-}
-
-impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for NamedEnum<E> {
-    type Value = E;
-
-    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<E, clap::Error> {
-        let text = value.to_string_lossy();
-        E::from_str(&text, true).map_err(|_| {
-            let names: Vec<String> = self.possible_values().into_iter().flatten().map(|v| v.get_name().to_string()).collect();
-            let flag = arg.map_or_else(|| cmd.get_name().to_string(), ToString::to_string);
-            let message = format!("{flag}: unknown {} `{text}` (expected {})\n", self.what, names.join(", "));
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message)
-        })
-    }
-
-    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(E::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
-    }
 }
 
 fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
@@ -156,15 +126,7 @@ fn parse_fanout(s: &str) -> Result<FanoutArg, String> {
     }
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
-}
-
 /// A positive byte size such as 5GB or 500MB.
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).filter(|&n| n > 0).ok_or_else(|| format!("invalid size `{s}` (e.g. 5GB, 500MB)"))
-}
-
 impl Args {
     fn target(&self) -> anyhow::Result<Target> {
         if let Some(path) = &self.target_config {
@@ -217,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size, force: args.write.force, memory_budget_bytes: args.memory_budget, threads: args.threads };
+    let exec = ExecOptions { max_shard_bytes: args.write.max_shard_size.0, force: args.write.force, memory_budget_bytes: args.memory_budget.0, threads: args.threads };
     let bar = super::progress::bytes_bar("scale-up", args.quiet);
     let progress = |done: u64, total: u64| {
         bar.set_length(total);

@@ -184,23 +184,3 @@ pub fn make_corpus(dir: impl AsRef<Path>, options: &CorpusOptions) -> Result<Cor
     Ok(summary)
 }
 
-/// Parses sizes like `20MB`, `1.5GB`, `512KiB`, `1000` (bytes). KB/MB/GB are powers of 1000,
-/// KiB/MiB/GiB powers of 1024; case-insensitive.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let v = value * mult;
-    (v.is_finite() && v >= 0.0).then_some(v.round() as u64)
-}

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::train::{train_and_measure, Start};
 use super::{base_record, Context};
-use crate::engine::Growth;
+use escale_grow::Exactness;
 use crate::events::PipelineEvent;
 use crate::manifest::{write_atomic, StageRecord};
 use crate::plan::PlannedStage;
@@ -21,7 +21,7 @@ pub fn run(
     ctx: &Context,
     stage: &PlannedStage,
     dir: &Path,
-    grow: impl Fn(&Path, &Path) -> Result<Growth>,
+    grow: impl Fn(&Path, &Path) -> Result<Exactness>,
 ) -> Result<StageRecord> {
     let data = ctx.data()?;
     let (source, source_model) = ctx.source(stage)?;
@@ -32,10 +32,9 @@ pub fn run(
         source: &source.name,
         source_val_loss: source.val_loss_end,
         grown_val_loss,
-        exact: growth.exact,
-        reasons: &growth.reasons,
+        exactness: &growth,
     });
-    let base = StageRecord { exact: Some(growth.exact), source_val_loss: source.val_loss_end, ..base_record(stage) };
+    let base = StageRecord { exact: Some(growth.exact_as_stored()), source_val_loss: source.val_loss_end, ..base_record(stage) };
     let start = Start { model: &grown, flops: source.flops_end(), val_loss: Some(grown_val_loss) };
     train_and_measure(ctx, data, dir, start, stage.train.as_ref(), base)
 }
@@ -47,8 +46,8 @@ fn grow_once(
     source: &Path,
     grown: &Path,
     verdict_file: &Path,
-    grow: impl Fn(&Path, &Path) -> Result<Growth>,
-) -> Result<Growth> {
+    grow: impl Fn(&Path, &Path) -> Result<Exactness>,
+) -> Result<Exactness> {
     if grown.join("config.json").exists() && verdict_file.exists() {
         if let Ok(growth) = serde_json::from_slice(&std::fs::read(verdict_file)?) {
             return Ok(growth);
