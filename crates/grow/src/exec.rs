@@ -119,7 +119,7 @@ pub(crate) fn stream<'a, W: Sync, E: StreamError>(
     let written = ProgressCounter::new(total, progress);
     let read = AtomicU64::new(0);
     let output = Output { writer: &writer, written: &written };
-    run_jobs(source, jobs, workers, |job| {
+    run_jobs(source.dir(), jobs, workers, |job| {
         let mapped = job.sources.iter().map(|name| SourceBytes::map(source, name)).collect::<Result<Vec<_>, _>>()?;
         read.fetch_add(mapped.iter().map(|s| s.bytes().len() as u64).sum(), Ordering::Relaxed);
         transform(job, mapped, &output)
@@ -132,13 +132,13 @@ pub(crate) fn stream<'a, W: Sync, E: StreamError>(
 /// Runs every job on a pool of workers that take them in order; the first error stops the
 /// others from starting new jobs and is returned.
 fn run_jobs<W: Sync, E: StreamError>(
-    source: &Checkpoint,
+    source_dir: &Path,
     jobs: &[Job<W>],
     workers: &Workers,
     run_one: impl Fn(&Job<W>) -> Result<(), E> + Sync,
 ) -> Result<(), E> {
     let threads = workers.threads.unwrap_or_else(|| workers.load.default_threads()).max(1);
-    let pool = worker_pool(threads, workers.name).map_err(|message| E::workers(source.dir(), message))?;
+    let pool = worker_pool(threads, workers.name).map_err(|message| E::workers(source_dir, message))?;
     let budget = ByteBudget::new(workers.memory_budget.unwrap_or(u64::MAX).max(1));
     let next = AtomicUsize::new(0);
     let cancelled = AtomicBool::new(false);
@@ -282,5 +282,62 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         *self.budget.used.lock().expect("budget lock") -= self.n;
         self.budget.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Failed(usize);
+
+    impl From<FormatError> for Failed {
+        fn from(_: FormatError) -> Self {
+            Failed(usize::MAX)
+        }
+    }
+
+    impl StreamError for Failed {
+        fn workers(_: &Path, _: String) -> Self {
+            Failed(usize::MAX)
+        }
+    }
+
+    fn jobs(n: usize, cost: u64) -> Vec<Job<usize>> {
+        (0..n).map(|i| Job { sources: Vec::new(), outputs: Vec::new(), cost, work: i }).collect()
+    }
+
+    fn workers(threads: usize, memory_budget: Option<u64>) -> Workers {
+        Workers { threads: Some(threads), load: Workload::Copy, memory_budget, name: "test" }
+    }
+
+    #[test]
+    fn the_first_error_is_returned_and_stops_the_other_workers() {
+        let started = AtomicUsize::new(0);
+        let result = run_jobs(Path::new("src"), &jobs(1000, 0), &workers(3, None), |job| {
+            started.fetch_add(1, Ordering::Relaxed);
+            if job.work == 5 {
+                return Err(Failed(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(())
+        });
+        assert_eq!(result, Err(Failed(5)));
+        assert!(started.load(Ordering::Relaxed) < 1000, "workers kept taking jobs after the error");
+    }
+
+    #[test]
+    fn jobs_run_together_only_while_their_bytes_fit_the_budget() {
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        run_jobs::<usize, Failed>(Path::new("src"), &jobs(40, 6), &workers(4, Some(12)), |_| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert!(most.load(Ordering::SeqCst) <= 2, "{} jobs of 6 bytes ran under a 12-byte budget", most.load(Ordering::SeqCst));
     }
 }

@@ -33,7 +33,8 @@ pub struct ExecOptions {
     /// Most bytes (mapped source tensors plus output chunks) in use at once across the parallel
     /// workers; a single larger tensor still runs, alone.
     pub memory_budget_bytes: u64,
-    /// Worker threads; `None` uses rayon's global pool (all cores).
+    /// Worker threads; `None` uses as many as rayon's global pool has (all cores, or
+    /// `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
 }
 
