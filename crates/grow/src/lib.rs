@@ -8,8 +8,10 @@
 //! * [`plan`]: the vocabulary both growths share: [`GrowthPlan`], [`PlannedTensor`] with its
 //!   [`Rule`], the [`Exactness`] verdict (aware of the stored dtype) and the typed
 //!   [`GrowthManifest`] written as [`MANIFEST_FILE`].
-//! * `exec`: the streaming machinery both executors run on (mapped sources that release their
-//!   pages, progress over output bytes, worker pools).
+//! * `exec`: the one streaming executor both growths run on. An engine lists its jobs (sources
+//!   read, outputs written, bytes held) and a transform; `exec::stream` owns the rest: the writer
+//!   and publishing, the worker pool and byte budget, mapped sources that release their pages,
+//!   progress over output bytes, and stopping at the first error.
 //! * [`scale_up`]: dense width (hidden, FFN, query heads; GQA-aware) and depth growth: FPI, AKI,
 //!   AKI-Pro. `ScaleUpPlan::new` then `scale_up::execute`.
 //! * [`scale_out`]: sparse upcycling of a dense model into a Mixture of Experts.

@@ -1,28 +1,27 @@
-//! Executes a [`ScaleOutPlan`] as a stream: source checkpoint (mmap) -> per-tensor transform ->
-//! [`CheckpointWriter`] (positional writes).
+//! Scale-Out on the crate's streaming executor.
 //!
 //! Work is grouped by *source* tensor: a job maps one dense tensor, writes every output derived
 //! from it (all experts, the shared expert), then releases its pages. Jobs are taken in file order
 //! by a fixed number of workers, so reads are near-sequential and at most `threads` source tensors
-//! (plus, for transformed ones, one output tensor each) are in memory at any time.
+//! (plus, for transformed ones, one output tensor each) are in memory at any time. Outputs are laid
+//! out in job order, so each job fills one contiguous region (safetensors readers look tensors up
+//! by name; the order inside a file carries no meaning).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use escale_formats::dtype::{decode_to_f32, encode_from_f32};
 use escale_formats::writer::{check_output, TensorSpec};
-use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, MlpPart, Param, WriterOptions};
+use escale_formats::{Checkpoint, DType, FormatError, MlpPart, Param, WriterOptions};
 
 use super::init::{add_noise, drop_neurons, normal_value, rng_for, router_weights, RouterSpec, Stream};
 use super::manifest::ScaleOutManifest;
-use crate::GrowthManifest;
 use super::plan::{PlannedTensor, ScaleOutPlan, TensorRule};
 use super::{Result, ScaleOutError, ScaleOutOptions};
-use crate::exec::{worker_pool, ProgressCounter, SourceBytes};
+use crate::exec::{stream, Destination, Job, Output, SourceBytes, StreamError, Workers, Workload};
+use crate::GrowthManifest;
 
 /// What a finished scale-out did.
 #[derive(Clone, Debug)]
@@ -40,19 +39,13 @@ pub struct UpcycleReport {
     pub copy_seconds: f64,
 }
 
-/// A unit of work: one source tensor and the outputs made from it, or one standalone output.
-struct Job<'p> {
-    source: Option<String>,
-    outputs: Vec<(&'p PlannedTensor, DType)>,
-}
+/// What a job writes: the planned tensors made from its source (or one standalone tensor).
+type Planned<'p> = Vec<&'p PlannedTensor>;
 
-/// Shared state of one run.
+/// What the transform needs besides the mapped source.
 struct Run<'a> {
-    ckpt: &'a Checkpoint,
     plan: &'a ScaleOutPlan,
-    writer: &'a CheckpointWriter,
     router: RouterSpec,
-    written: ProgressCounter<'a>,
 }
 
 /// Upcycles the dense model in `source_dir` into `out_dir`: [`ScaleOutPlan::new`] on its config,
@@ -87,63 +80,71 @@ pub fn execute(
     check_source_matches(&plan, ckpt)?;
     check_not_source(source_dir, out_dir)?;
     check_output(out_dir, writer_options.force)?;
-    let options = &plan.options;
+    let jobs = make_jobs(typed_outputs(&plan, ckpt)?);
+    let dest = Destination {
+        out_dir,
+        options: writer_options,
+        config: &plan.config,
+        manifest: GrowthManifest::ScaleOut(Box::new(ScaleOutManifest::new(&plan, source_dir))),
+    };
+    let workers = Workers { threads: plan.options.threads, load: Workload::Copy, memory_budget: None, name: "scale-out" };
+    let run = Run { plan: &plan, router: router_spec(&plan) };
+    let streamed = stream(ckpt, dest, &jobs, &workers, Some(progress), |job, sources, out| run_job(&run, job, sources, out))?;
+    let tensors = plan.tensors.len();
+    Ok(UpcycleReport {
+        plan,
+        output: streamed.out_dir,
+        tensors,
+        bytes_written: streamed.bytes_written,
+        bytes_read: ckpt.file_bytes(),
+        seconds: started.elapsed().as_secs_f64(),
+        copy_seconds: (streamed.jobs_done - started).as_secs_f64(),
+    })
+}
 
-    let model_dtype = match options.dtype {
+fn router_spec(plan: &ScaleOutPlan) -> RouterSpec {
+    let o = &plan.options;
+    RouterSpec {
+        init: o.router_init,
+        std: o.router_std,
+        seed: o.seed,
+        experts: o.experts,
+        granularity: o.granularity,
+        hidden: plan.config.hidden_size,
+    }
+}
+
+impl StreamError for ScaleOutError {
+    fn workers(source_dir: &Path, message: String) -> Self {
+        ScaleOutError::Source { path: source_dir.to_path_buf(), message }
+    }
+}
+
+/// Every planned tensor with its output dtype: `--dtype`, else its source's dtype (the
+/// embedding's for tensors made from no source).
+fn typed_outputs<'p>(plan: &'p ScaleOutPlan, ckpt: &Checkpoint) -> Result<Vec<(&'p PlannedTensor, DType)>> {
+    let model_dtype = match plan.options.dtype {
         Some(d) => d,
         None => tensor_dtype(ckpt, &ckpt.name_of(Param::Embed))?,
     };
     let mut typed = Vec::with_capacity(plan.tensors.len());
     for t in &plan.tensors {
-        let dtype = match (&t.rule, options.dtype) {
+        let dtype = match (source_of(t), plan.options.dtype) {
             (_, Some(d)) => d,
-            (TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. }, None) => {
-                tensor_dtype(ckpt, source)?
-            }
-            (TensorRule::Router { .. } | TensorRule::Zeros, None) => model_dtype,
+            (Some(source), None) => tensor_dtype(ckpt, source)?,
+            (None, None) => model_dtype,
         };
         typed.push((t, dtype));
     }
-    let jobs = make_jobs(typed);
-    // Tensors are laid out in the order the jobs write them, so each job fills one contiguous
-    // region (all experts made from one dense tensor) and the disk sees long sequential writes.
-    // Safetensors readers look tensors up by name; the order inside a file carries no meaning.
-    let specs: Vec<TensorSpec> = jobs
-        .iter()
-        .flat_map(|j| j.outputs.iter().map(|(t, dtype)| TensorSpec::new(t.name.clone(), *dtype, t.shape.clone())))
-        .collect();
-    let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
-    let writer = CheckpointWriter::create(out_dir, specs, writer_options)?;
+    Ok(typed)
+}
 
-    let run = Run {
-        ckpt,
-        plan: &plan,
-        writer: &writer,
-        router: RouterSpec {
-            init: options.router_init,
-            std: options.router_std,
-            seed: options.seed,
-            experts: options.experts,
-            granularity: options.granularity,
-            hidden: plan.config.hidden_size,
-        },
-        written: ProgressCounter::new(total, Some(progress)),
-    };
-    run_jobs(&run, &jobs, options.threads)?;
-    let copy_seconds = started.elapsed().as_secs_f64();
-
-    GrowthManifest::ScaleOut(Box::new(ScaleOutManifest::new(&plan, source_dir))).write(writer.staging_dir())?;
-    let tensors = plan.tensors.len();
-    let output = writer.finish(&plan.config, Some(source_dir))?;
-    Ok(UpcycleReport {
-        plan,
-        output,
-        tensors,
-        bytes_written: total,
-        bytes_read: ckpt.file_bytes(),
-        seconds: started.elapsed().as_secs_f64(),
-        copy_seconds,
-    })
+/// The dense tensor an output is made from; `None` for routers and zeros.
+fn source_of(t: &PlannedTensor) -> Option<&String> {
+    match &t.rule {
+        TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. } => Some(source),
+        TensorRule::Router { .. } | TensorRule::Zeros => None,
+    }
 }
 
 /// A plan made from one config must not be run on a checkpoint of another.
@@ -183,81 +184,37 @@ fn check_not_source(source_dir: &Path, out_dir: &Path) -> Result<()> {
 
 /// Groups outputs by source tensor; standalone outputs (routers, zeros) are jobs of their own.
 /// Jobs keep the plan's (state_dict) order of their first output, which for HF checkpoints is
-/// also close to the source file order, so reads stay near-sequential.
-fn make_jobs<'p>(typed: Vec<(&'p PlannedTensor, DType)>) -> Vec<Job<'p>> {
+/// also close to the source file order, so reads stay near-sequential. A job holds one source
+/// tensor at a time, so the worker count alone bounds memory (no byte cost).
+fn make_jobs(typed: Vec<(&PlannedTensor, DType)>) -> Vec<Job<Planned<'_>>> {
     let mut by_source: HashMap<String, usize> = HashMap::new();
-    let mut jobs: Vec<Job<'p>> = Vec::new();
+    let mut jobs: Vec<Job<Planned>> = Vec::new();
     for (t, dtype) in typed {
-        let source = match &t.rule {
-            TensorRule::Copy { source } | TensorRule::Expert { source, .. } | TensorRule::Shared { source, .. } => {
-                source.clone()
-            }
-            TensorRule::Router { .. } | TensorRule::Zeros => {
-                jobs.push(Job { source: None, outputs: vec![(t, dtype)] });
-                continue;
-            }
+        let spec = TensorSpec::new(t.name.clone(), dtype, t.shape.clone());
+        let Some(source) = source_of(t) else {
+            jobs.push(Job { sources: Vec::new(), outputs: vec![spec], cost: 0, work: vec![t] });
+            continue;
         };
         let i = *by_source.entry(source.clone()).or_insert_with(|| {
-            jobs.push(Job { source: Some(source), outputs: Vec::new() });
+            jobs.push(Job { sources: vec![source.clone()], outputs: Vec::new(), cost: 0, work: Vec::new() });
             jobs.len() - 1
         });
-        jobs[i].outputs.push((t, dtype));
+        jobs[i].outputs.push(spec);
+        jobs[i].work.push(t);
     }
     jobs
 }
 
-/// The copy is I/O-bound: a few more workers than cores keep several reads and writes in flight;
-/// each holds at most one source tensor (plus one transformed output), so memory stays small.
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 8)
-}
-
-/// Runs jobs in order on `threads` workers; the first error stops the others.
-fn run_jobs(run: &Run, jobs: &[Job], threads: Option<usize>) -> Result<()> {
-    let threads = threads.unwrap_or_else(default_threads).max(1);
-    let pool = worker_pool(threads, "scale-out")
-        .map_err(|message| ScaleOutError::Source { path: run.ckpt.dir().to_path_buf(), message })?;
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<ScaleOutError>> = Mutex::new(None);
-    pool.scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|_| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if let Err(e) = run_job(run, job) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().expect("error slot").get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().expect("error slot") {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-impl Run<'_> {
-    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.writer.write_bytes(name, bytes)?;
-        self.written.add(bytes.len() as u64);
-        Ok(())
-    }
-}
-
-fn run_job(run: &Run, job: &Job) -> Result<()> {
-    let Some(source) = &job.source else {
-        let (t, dtype) = job.outputs[0];
-        let bytes = standalone_bytes(run, t, dtype);
-        return run.write(&t.name, &bytes);
+/// Writes a job's outputs: a standalone tensor, or every output derived from its dense source.
+fn run_job(run: &Run, job: &Job<Planned>, sources: Vec<SourceBytes>, out: &Output) -> Result<()> {
+    let outputs: Vec<(&PlannedTensor, DType)> = job.work.iter().copied().zip(job.outputs.iter().map(|s| s.dtype)).collect();
+    let Some(mapped) = sources.first() else {
+        let (t, dtype) = outputs[0];
+        return Ok(out.write(&t.name, &standalone_bytes(run, t, dtype))?);
     };
-    let info = run.ckpt.info(source).ok_or_else(|| FormatError::tensor(run.ckpt.dir(), source, "not found"))?.clone();
-    let mapped = SourceBytes::map(run.ckpt, source)?;
-    let dense = Dense { name: source, dtype: info.dtype, shape: &info.shape, bytes: mapped.bytes() };
-    write_derived(run, &dense, &job.outputs)
+    let info = mapped.info();
+    let dense = Dense { name: &info.name, dtype: info.dtype, shape: &info.shape, bytes: mapped.bytes() };
+    write_derived(run, &dense, &outputs, out)
 }
 
 fn standalone_bytes(run: &Run, t: &PlannedTensor, dtype: DType) -> Vec<u8> {
@@ -350,7 +307,7 @@ fn convert<'b>(from: DType, to: DType, bytes: &'b [u8]) -> Cow<'b, [u8]> {
 }
 
 /// Writes every output derived from one dense tensor.
-fn write_derived(run: &Run, dense: &Dense, outputs: &[(&PlannedTensor, DType)]) -> Result<()> {
+fn write_derived(run: &Run, dense: &Dense, outputs: &[(&PlannedTensor, DType)], out: &Output) -> Result<()> {
     let o = &run.plan.options;
     let per_expert_random = o.noise > 0.0 || o.drop_ratio > 0.0;
     let stats = if o.drop_ratio > 0.0 { Some(dense.mean_std()) } else { None };
@@ -359,21 +316,21 @@ fn write_derived(run: &Run, dense: &Dense, outputs: &[(&PlannedTensor, DType)]) 
     let mut shard_cache: HashMap<(usize, DType), Vec<u8>> = HashMap::new();
     for &(t, dtype) in outputs {
         match &t.rule {
-            TensorRule::Copy { .. } => run.write(&t.name, &convert(dense.dtype, dtype, dense.bytes))?,
+            TensorRule::Copy { .. } => out.write(&t.name, &convert(dense.dtype, dtype, dense.bytes))?,
             TensorRule::Expert { layer, expert, part, shard, .. } => {
                 let e = ExpertTarget { layer: *layer, expert: *expert, part: *part, shard: *shard, dtype };
                 if let Some(bytes) = expert_byte_slice(run.plan, dense, &e) {
-                    run.write(&t.name, bytes)?;
+                    out.write(&t.name, bytes)?;
                 } else if per_expert_random {
-                    run.write(&t.name, &expert_transformed(run.plan, dense, &e, stats))?;
+                    out.write(&t.name, &expert_transformed(run.plan, dense, &e, stats))?;
                 } else {
                     let bytes = shard_cache
                         .entry((e.shard, dtype))
                         .or_insert_with(|| expert_transformed(run.plan, dense, &e, None));
-                    run.write(&t.name, bytes)?;
+                    out.write(&t.name, bytes)?;
                 }
             }
-            TensorRule::Shared { part, .. } => run.write(&t.name, &shared_bytes(run.plan, dense, *part, dtype))?,
+            TensorRule::Shared { part, .. } => out.write(&t.name, &shared_bytes(run.plan, dense, *part, dtype))?,
             TensorRule::Router { .. } | TensorRule::Zeros => {
                 unreachable!("standalone tensor {} grouped under source {}", t.name, dense.name)
             }

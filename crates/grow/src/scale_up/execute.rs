@@ -1,31 +1,27 @@
-//! The streaming executor: for each output tensor, read the source rows it needs, compute in f32,
-//! round once to the output dtype, write, drop.
+//! Scale-Up on the crate's streaming executor: one job per output tensor, whose transform reads
+//! the source rows it needs, computes in f32, rounds once to the output dtype and writes.
 //!
-//! Sources are read zero-copy from the checkpoint's memory map and their pages released after
-//! each tensor, and the output is written in chunks of whole rows straight to its final offset
-//! ([`CheckpointWriter::write_part`]), so memory stays at a few MiB per worker plus the source
-//! tensors in flight. Tensors are processed in parallel (rayon) under a byte budget.
+//! Each output is written in chunks of whole rows straight to its final offset, so memory stays
+//! at a few MiB per worker plus the source tensors in flight (zero-copy from the memory map,
+//! released after each tensor); jobs run in parallel under [`ExecOptions::memory_budget_bytes`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use escale_formats::dtype::decode_to_f32;
 use escale_formats::writer::{check_output, TensorSpec};
-use escale_formats::{Checkpoint, CheckpointWriter, DType, FormatError, WriterOptions};
+use escale_formats::{Checkpoint, DType, FormatError, WriterOptions};
+use escale_util::rng::splitmix64;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use rayon::prelude::*;
-use escale_util::rng::splitmix64;
 
 use super::manifest::ScaleUpManifest;
 use super::plan::ScaleUpPlan;
-use crate::GrowthManifest;
 use super::rules::TensorRule;
 use super::ScaleUpError;
-use crate::exec::{worker_pool, Progress, ProgressCounter, SourceBytes};
+use crate::exec::{stream, Destination, Job, Output, Progress, SourceBytes, StreamError, Workers, Workload};
+use crate::GrowthManifest;
 
 /// How to write the output.
 #[derive(Clone, Debug)]
@@ -37,7 +33,8 @@ pub struct ExecOptions {
     /// Most bytes (mapped source tensors plus output chunks) in use at once across the parallel
     /// workers; a single larger tensor still runs, alone.
     pub memory_budget_bytes: u64,
-    /// Worker threads; `None` uses rayon's global pool (all cores).
+    /// Worker threads; `None` uses as many as rayon's global pool has (all cores, or
+    /// `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
 }
 
@@ -77,44 +74,52 @@ pub fn execute(
     let start = Instant::now();
     check_output(out_dir, opts.force)?;
     check_source_matches(plan, src)?;
-    let reader = SourceReader::new(src);
-    let rules: Vec<TensorRule> = plan.tensors.iter().map(|t| plan.rule_for(t)).collect();
-    let specs: Vec<TensorSpec> = plan
-        .tensors
-        .iter()
-        .zip(&rules)
-        .map(|(t, r)| Ok(TensorSpec::new(t.name.clone(), out_dtype(plan, src, r)?, t.shape.clone())))
-        .collect::<Result<_, ScaleUpError>>()?;
-    let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
-    let writer = CheckpointWriter::create(out_dir, specs.clone(), &WriterOptions { max_shard_bytes: opts.max_shard_bytes, force: opts.force })?;
-    GrowthManifest::ScaleUp(Box::new(ScaleUpManifest::new(plan, src.dir()))).write(writer.staging_dir())?;
-
-    let budget = ByteBudget::new(opts.memory_budget_bytes.max(1));
-    let written = ProgressCounter::new(total, progress);
-    let read = AtomicU64::new(0);
-    let work = || (0..rules.len()).into_par_iter().try_for_each(|i| -> Result<(), ScaleUpError> {
-        let spec = &specs[i];
-        // Sources are mapped (resident while in use), the output is held one chunk at a time.
-        let source_bytes: u64 = rules[i].sources.iter().map(|s| reader.byte_len(s)).sum();
-        let _permit = budget.acquire(spec.byte_len().min(CHUNK_BYTES as u64) + source_bytes);
-        write_tensor(&rules[i], &reader, spec, &writer, &read)?;
-        written.add(spec.byte_len());
-        Ok(())
-    });
-    match opts.threads {
-        Some(n) => worker_pool(n, "scale-up")
-            .map_err(|message| ScaleUpError::Invalid { context: "--threads".into(), message })?
-            .install(work)?,
-        None => work()?,
-    }
-    let out = writer.finish(&plan.target, Some(src.dir()))?;
+    let jobs = plan_jobs(plan, src)?;
+    let dest = Destination {
+        out_dir,
+        options: &WriterOptions { max_shard_bytes: opts.max_shard_bytes, force: opts.force },
+        config: &plan.target,
+        manifest: GrowthManifest::ScaleUp(Box::new(ScaleUpManifest::new(plan, src.dir()))),
+    };
+    let workers =
+        Workers { threads: opts.threads, load: Workload::Compute, memory_budget: Some(opts.memory_budget_bytes), name: "scale-up" };
+    let streamed = stream(src, dest, &jobs, &workers, progress, |job, sources, out| {
+        write_tensor(src, &job.work, sources, &job.outputs[0], out)
+    })?;
     Ok(ScaleUpReport {
-        out_dir: out,
-        tensors: specs.len(),
-        bytes_read: read.load(Ordering::Relaxed),
-        bytes_written: total,
+        out_dir: streamed.out_dir,
+        tensors: jobs.len(),
+        bytes_read: streamed.bytes_read,
+        bytes_written: streamed.bytes_written,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// One job per output tensor, in the plan's order. A zero tensor reads nothing; every job's
+/// cost is its sources (mapped, resident while in use) plus one output chunk.
+fn plan_jobs(plan: &ScaleUpPlan, src: &Checkpoint) -> Result<Vec<Job<TensorRule>>, ScaleUpError> {
+    plan.tensors
+        .iter()
+        .map(|t| {
+            let rule = plan.rule_for(t);
+            let spec = TensorSpec::new(t.name.clone(), out_dtype(plan, src, &rule)?, t.shape.clone());
+            let source_bytes: u64 = rule.sources.iter().map(|s| src.info(s).map_or(0, |i| i.byte_len() as u64)).sum();
+            let cost = spec.byte_len().min(CHUNK_BYTES as u64) + source_bytes;
+            let sources = if writes_zeros(&rule) { Vec::new() } else { rule.sources.clone() };
+            Ok(Job { sources, outputs: vec![spec], cost, work: rule })
+        })
+        .collect()
+}
+
+/// A rule that reads nothing: an all-zero tensor, or one with no rows.
+fn writes_zeros(rule: &TensorRule) -> bool {
+    rule.zero || rule.rows.is_empty()
+}
+
+impl StreamError for ScaleUpError {
+    fn workers(_source_dir: &Path, message: String) -> Self {
+        ScaleUpError::Invalid { context: "--threads".into(), message }
+    }
 }
 
 /// A plan made from one config must not be run on a checkpoint of another.
@@ -149,16 +154,6 @@ fn tensor_info<'a>(src: &'a Checkpoint, name: &str) -> Result<&'a escale_formats
     src.info(name).ok_or_else(|| FormatError::tensor(src.dir(), name, "not found in the checkpoint").into())
 }
 
-/// Source tensors, zero-copy from the checkpoint's memory map.
-///
-/// Touching mapped pages counts them in this process's resident set until they are unmapped, so
-/// after each output tensor its sources' pages are released with `MADV_DONTNEED` (they stay in
-/// the page cache; a later read faults the same file bytes back in). The RSS thus stays at the
-/// tensors in flight, not the size of the input.
-struct SourceReader<'a> {
-    ckpt: &'a Checkpoint,
-}
-
 /// A source tensor's raw bytes and layout.
 struct Src<'a> {
     dtype: DType,
@@ -170,7 +165,19 @@ struct Src<'a> {
     cols: usize,
 }
 
-impl Src<'_> {
+impl<'a> Src<'a> {
+    /// A mapped source; rules address rows, so it must be a vector or a matrix.
+    fn mapped(src: &Checkpoint, mapped: SourceBytes<'a>) -> Result<Self, ScaleUpError> {
+        let info = mapped.info();
+        let cols = match info.shape.as_slice() {
+            [n] | [_, n] => *n,
+            other => {
+                return Err(FormatError::tensor(src.dir(), &info.name, format!("expected a vector or matrix, found shape {other:?}")).into())
+            }
+        };
+        Ok(Src { dtype: info.dtype, bytes: mapped.bytes(), cols, _mapped: Some(mapped) })
+    }
+
     /// Decodes row `row` into `out` (f32, exact for every stored dtype).
     fn decode_row(&self, row: usize, out: &mut Vec<f32>) {
         let w = self.cols * self.dtype.size_in_bytes();
@@ -178,46 +185,23 @@ impl Src<'_> {
     }
 }
 
-impl<'a> SourceReader<'a> {
-    fn new(ckpt: &'a Checkpoint) -> Self {
-        SourceReader { ckpt }
-    }
-
-    /// Bytes a tensor occupies in the source (for the memory budget).
-    fn byte_len(&self, name: &str) -> u64 {
-        self.ckpt.info(name).map_or(0, |i| i.byte_len() as u64)
-    }
-
-    fn get(&self, name: &str) -> Result<Src<'a>, ScaleUpError> {
-        let info = tensor_info(self.ckpt, name)?;
-        let cols = match info.shape.as_slice() {
-            [n] | [_, n] => *n,
-            other => {
-                return Err(FormatError::tensor(self.ckpt.dir(), name, format!("expected a vector or matrix, found shape {other:?}")).into())
-            }
-        };
-        let mapped = SourceBytes::map(self.ckpt, name)?;
-        Ok(Src { dtype: info.dtype, bytes: mapped.bytes(), cols, _mapped: Some(mapped) })
-    }
-}
-
 /// Output bytes computed before they are written (per worker); bounds memory for huge tensors.
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// Computes one output tensor row by row and writes it in chunks of whole rows.
-fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, writer: &CheckpointWriter, read: &AtomicU64) -> Result<(), ScaleUpError> {
+fn write_tensor(src: &Checkpoint, rule: &TensorRule, sources: Vec<SourceBytes>, spec: &TensorSpec, out: &Output) -> Result<(), ScaleUpError> {
     let row_bytes = rule.cols.len() * spec.dtype.size_in_bytes();
     let rows_per_chunk = (CHUNK_BYTES / row_bytes.max(1)).max(1);
     let mut chunk: Vec<u8> = Vec::with_capacity((rows_per_chunk * row_bytes).min(spec.byte_len() as usize));
     let mut offset = 0u64;
     // An empty piece completes only an empty tensor (formats ignores it otherwise).
     let mut flush = |chunk: &mut Vec<u8>| -> Result<(), ScaleUpError> {
-        writer.write_part(&spec.name, offset, chunk)?;
+        out.write_part(&spec.name, offset, chunk)?;
         offset += chunk.len() as u64;
         chunk.clear();
         Ok(())
     };
-    if rule.zero || rule.rows.is_empty() {
+    if writes_zeros(rule) {
         let zero_row = vec![0f32; rule.cols.len()];
         for _ in 0..rule.rows.len() {
             encode_append(spec.dtype, &zero_row, &mut chunk);
@@ -227,8 +211,7 @@ fn write_tensor(rule: &TensorRule, reader: &SourceReader, spec: &TensorSpec, wri
         }
         return flush(&mut chunk);
     }
-    let srcs = rule.sources.iter().map(|s| reader.get(s)).collect::<Result<Vec<_>, _>>()?;
-    read.fetch_add(srcs.iter().map(|s| s.bytes.len() as u64).sum(), Ordering::Relaxed);
+    let srcs = sources.into_iter().map(|s| Src::mapped(src, s)).collect::<Result<Vec<_>, _>>()?;
     let mut failed = None;
     run_rule(rule, &srcs, |row, _: &mut Vec<u8>| {
         if failed.is_some() {
@@ -351,40 +334,4 @@ pub fn apply_rule(rule: &TensorRule, sources: &[&[f32]], src_cols: &[usize]) -> 
     let raw: Vec<Vec<u8>> = sources.iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
     let srcs: Vec<Src> = raw.iter().zip(src_cols).map(|(b, &cols)| Src { dtype: DType::F32, bytes: b, cols, _mapped: None }).collect();
     run_rule(rule, &srcs, |row, out: &mut Vec<f32>| out.extend_from_slice(row), rule.rows.len() * rule.cols.len())
-}
-
-/// Bounds the output bytes held at once by the parallel workers.
-struct ByteBudget {
-    cap: u64,
-    used: Mutex<u64>,
-    freed: Condvar,
-}
-
-struct Permit<'a> {
-    budget: &'a ByteBudget,
-    n: u64,
-}
-
-impl ByteBudget {
-    fn new(cap: u64) -> Self {
-        ByteBudget { cap, used: Mutex::new(0), freed: Condvar::new() }
-    }
-
-    /// Waits until `n` bytes fit (a tensor larger than the whole budget waits to run alone).
-    fn acquire(&self, n: u64) -> Permit<'_> {
-        let n = n.min(self.cap);
-        let mut used = self.used.lock().expect("budget lock");
-        while *used > 0 && *used + n > self.cap {
-            used = self.freed.wait(used).expect("budget lock");
-        }
-        *used += n;
-        Permit { budget: self, n }
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *self.budget.used.lock().expect("budget lock") -= self.n;
-        self.budget.freed.notify_all();
-    }
 }
