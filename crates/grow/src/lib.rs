@@ -5,6 +5,9 @@
 //! This crate never depends on the model or training engine, so surgery stays fast, streaming and
 //! testable on its own.
 //!
+//! "spec §N" in this crate's comments is section N of `docs/growth-algorithms.md`, the algorithm
+//! specification in this repository.
+//!
 //! * [`plan`]: the vocabulary both growths share: [`GrowthPlan`], [`PlannedTensor`] with its
 //!   [`Rule`], the [`Exactness`] verdict (aware of the stored dtype) and the typed
 //!   [`GrowthManifest`] written as [`MANIFEST_FILE`].
