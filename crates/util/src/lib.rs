@@ -5,11 +5,15 @@
 //! - [`hash`]: 64-bit FNV-1a, the stable hash behind fingerprints stored on disk;
 //! - [`pages`]: page-cache hints for memory-mapped sources (read-ahead, release after last use);
 //! - [`publish`]: temporary names and atomic, durable publishing of files and folders;
+//! - [`output`]: what `--force` may replace, and outputs kept clear of their sources;
+//! - [`lock`]: advisory locks on output folders naming their holder's PID;
 //! - [`size`]: byte sizes as people type them (`5GB`, `512KiB`).
 //!
 //! This crate sits below every other escale crate and depends on nothing of theirs.
 
 pub mod hash;
+pub mod lock;
+pub mod output;
 pub mod pages;
 pub mod publish;
 pub mod rng;

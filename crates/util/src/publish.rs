@@ -1,14 +1,18 @@
 //! Temporary names and atomic, durable publishing.
 //!
-//! Every escale output (a file or a folder) is built under a hidden temporary name beside its
-//! final place, then renamed into place only when complete, so an interrupted run never leaves a
-//! half-written file that a re-run would trust. One naming scheme for all of them,
-//! `.NAME.escale-TAG-PID`, lets a person (and a later clean-up) recognise escale's leftovers.
+//! Every escale output (a file or a folder) is built under a temporary name beside its final
+//! place, then renamed into place only when complete, so an interrupted run never leaves a
+//! half-written file that a re-run would trust. Files use the hidden sibling `.NAME.escale-tmp-PID`
+//! (short-lived, removed on error); folders, which can be large, are staged in the folder
+//! `.escale-tmp` beside the output (`.escale-tmp/NAME.tmp-PID`), which the next writer there
+//! cleans of whatever a dead process left, and removes once empty.
 //! Errors are plain `io::Error`s; callers wrap them with the path in their own error type.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use crate::output;
 
 /// The folder holding `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
@@ -73,27 +77,161 @@ pub fn is_nonempty(path: &Path) -> bool {
     }
 }
 
-/// Moves a completed temporary folder onto `out_dir`. An existing non-empty `out_dir` is refused
-/// with `ErrorKind::AlreadyExists` unless `replace`; when replaced, it is first moved aside and
-/// deleted only once the new folder is in place. The parent folder is synced afterwards.
-pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, replace: bool) -> io::Result<()> {
-    let parent = parent_dir(out_dir);
+/// The folder beside every folder output that holds its staging copy and lock.
+pub const TMP_DIR: &str = ".escale-tmp";
+
+/// `NAME` of `DIR/NAME`, as text.
+pub fn file_name(path: &Path) -> io::Result<String> {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file or folder name", path.display()))
+    })
+}
+
+/// `DIR/.escale-tmp` for output `DIR/NAME`.
+pub fn tmp_area(output: &Path) -> PathBuf {
+    parent_dir(output).join(TMP_DIR)
+}
+
+/// Where an output really is: a symbolic link is followed (its target is written, the link kept)
+/// and the folder above is made absolute with links resolved, so that every spelling of one
+/// output shares one lock and one staging area. The parent folder is created if missing.
+pub fn resolve_output(output: &Path) -> io::Result<PathBuf> {
+    if std::fs::symlink_metadata(output).is_ok_and(|m| m.file_type().is_symlink()) {
+        return output.canonicalize().map_err(|e| {
+            io::Error::new(e.kind(), format!("{} is a symbolic link whose target cannot be used: {e}", output.display()))
+        });
+    }
+    let name = file_name(output)?;
+    let parent = parent_dir(output);
     std::fs::create_dir_all(parent)?;
-    let mut old = None;
-    if out_dir.exists() {
-        if is_nonempty(out_dir) && !replace {
+    Ok(parent.canonicalize()?.join(name))
+}
+
+/// Creates the empty staging folder `.escale-tmp/NAME.tmp-PID` for folder output `output` (its
+/// resolved path), first removing what dead processes left in that area.
+pub fn create_staging_dir(output: &Path) -> io::Result<PathBuf> {
+    let area = tmp_area(output);
+    remove_dead_leftovers(&area);
+    remove_legacy_leftovers(output);
+    let staging = area.join(format!("{}.tmp-{}", file_name(output)?, std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    // Another writer may remove the empty area between our two calls: try again then.
+    for _ in 0..16 {
+        std::fs::create_dir_all(&area)?;
+        match std::fs::create_dir(&staging) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => return other.map(|()| staging),
+        }
+    }
+    Err(io::Error::other(format!("could not create {}", staging.display())))
+}
+
+/// Removes `area` (a `.escale-tmp` folder) when nothing is left in it. Best effort.
+pub fn remove_area_if_empty(area: &Path) {
+    let _ = std::fs::remove_dir(area);
+}
+
+/// Whether process `pid` exists (a PID we may not signal still exists).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// The owner's PID in an escale temporary name (`…-PID` or a lock file's content).
+fn owner_pid(entry: &Path) -> Option<u32> {
+    let name = entry.file_name()?.to_str()?;
+    if name.ends_with(".lock") {
+        return std::fs::read_to_string(entry).ok()?.trim().parse().ok();
+    }
+    name.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Removes staging copies, moved-aside outputs and lock files of processes that are gone.
+fn remove_dead_leftovers(area: &Path) {
+    let Ok(entries) = std::fs::read_dir(area) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if owner_pid(&path).is_some_and(|pid| !process_alive(pid)) {
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+}
+
+/// Removes the hidden siblings `.NAME.escale-{tmp,old}-PID` that escale versions before the
+/// `.escale-tmp` area left beside `output` when killed.
+fn remove_legacy_leftovers(output: &Path) {
+    let Ok(name) = file_name(output) else { return };
+    let prefix = format!(".{name}.escale-");
+    let Ok(entries) = std::fs::read_dir(parent_dir(output)) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let pid = rest.strip_prefix("tmp-").or_else(|| rest.strip_prefix("old-")).and_then(|p| p.parse().ok());
+        if pid.is_some_and(|pid| !process_alive(pid)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Moves a completed staging folder onto `out_dir`, marked as escale's output
+/// ([`output::OUTPUT_MARKER`]). A symbolic link `out_dir` is followed: its target is replaced.
+/// An existing non-empty `out_dir` is refused with `ErrorKind::AlreadyExists` unless `replace`,
+/// and even then only when it is an escale output ([`output::check_replaceable`]). It is replaced
+/// in one rename (`renameat2(RENAME_EXCHANGE)`) where the filesystem has it, so there is no
+/// moment without an output; elsewhere it is first moved aside into `.escale-tmp`. The old
+/// output is deleted once the new one is in place, and the parent folder is synced.
+pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, replace: bool) -> io::Result<()> {
+    let out = resolve_output(out_dir)?;
+    output::mark_output(tmp_dir)?;
+    if std::fs::symlink_metadata(&out).is_err() {
+        std::fs::rename(tmp_dir, &out)?;
+    } else {
+        if is_nonempty(&out) && !replace {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", out_dir.display())));
         }
-        let aside = temp_path(out_dir, "old")?;
-        std::fs::rename(out_dir, &aside)?;
-        old = Some(aside);
+        output::check_replaceable(&out)?;
+        let old = if exchange(tmp_dir, &out)? {
+            tmp_dir.to_path_buf()
+        } else {
+            let aside = tmp_area(&out).join(format!("{}.old-{}", file_name(&out)?, std::process::id()));
+            std::fs::create_dir_all(tmp_area(&out))?;
+            std::fs::rename(&out, &aside)?;
+            std::fs::rename(tmp_dir, &out)?;
+            aside
+        };
+        let _ = std::fs::remove_dir_all(&old);
+        remove_area_if_empty(&tmp_area(&out));
     }
-    std::fs::rename(tmp_dir, out_dir)?;
-    if let Some(aside) = old {
-        let _ = std::fs::remove_dir_all(aside);
-    }
-    sync_dir(parent);
+    sync_dir(parent_dir(&out));
     Ok(())
+}
+
+/// Swaps two paths in one step; `Ok(false)` where the kernel or filesystem cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths relative to the current directory.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -136,8 +274,45 @@ mod tests {
         let e = publish_dir(&tmp, &out, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(out.join("old").exists() && tmp.join("new").exists());
+        let e = publish_dir(&tmp, &out, true).unwrap_err();
+        assert!(e.to_string().contains("escale did not write"), "{e}");
+        output::mark_output(&out).unwrap();
         publish_dir(&tmp, &out, true).unwrap();
         assert!(out.join("new").exists() && !out.join("old").exists() && !tmp.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "aside copy left behind");
+    }
+
+    #[test]
+    fn a_linked_output_keeps_its_link_and_gets_the_new_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        output::mark_output(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let tmp = create_staging_dir(&resolve_output(&link).unwrap()).unwrap();
+        std::fs::write(tmp.join("new"), b"2").unwrap();
+        publish_dir(&tmp, &link, true).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(real.join("new").is_file());
+    }
+
+    #[test]
+    fn staging_lives_in_the_area_which_is_cleaned_of_dead_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let area = dir.path().join(TMP_DIR);
+        let dead = crate::lock::tests::dead_pid();
+        std::fs::create_dir_all(area.join(format!("other.tmp-{dead}"))).unwrap();
+        std::fs::create_dir_all(area.join(format!("out.old-{dead}"))).unwrap();
+        std::fs::create_dir_all(dir.path().join(format!(".out.escale-tmp-{dead}"))).unwrap();
+        let staging = create_staging_dir(&out).unwrap();
+        assert_eq!(staging, area.join(format!("out.tmp-{}", std::process::id())));
+        let left: Vec<_> = std::fs::read_dir(&area).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left, vec![staging.clone()]);
+        assert!(!dir.path().join(format!(".out.escale-tmp-{dead}")).exists());
+        publish_dir(&staging, &out, false).unwrap();
+        remove_area_if_empty(&area);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "staging area left behind");
     }
 }
