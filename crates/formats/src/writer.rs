@@ -5,10 +5,12 @@
 //! order, from any thread, straight to their final position (`pwrite`): nothing is buffered
 //! beyond the tensor the caller is holding, whatever the shard size.
 //!
-//! Everything goes into a hidden temporary folder beside the target, which is renamed into place
-//! by [`CheckpointWriter::finish`] only when complete; dropping an unfinished writer removes it.
-//! An existing non-empty output is refused unless `force` is set, and even then it is replaced
-//! only at the final rename, never half-overwritten.
+//! Everything goes into a staging folder in `.escale-tmp` beside the target, which is renamed
+//! into place by [`CheckpointWriter::finish`] only when complete; dropping an unfinished writer
+//! removes it. The writer holds the output's lock ([`escale_util::lock`]) from creation to the
+//! end, so a second writer of the same output is refused with the holder's PID. An existing
+//! non-empty output is refused unless `force` is set, and even then it is replaced only when
+//! escale wrote it (or it is empty), and only at the final rename, never half-overwritten.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,7 +18,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use escale_util::publish;
+use escale_util::lock::OutputLock;
+use escale_util::{output, publish};
 use serde_json::{json, Map, Value};
 
 use crate::config::ModelConfig;
@@ -31,7 +34,7 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 pub struct WriterOptions {
     /// Start a new shard when the next tensor would push the current one past this many bytes.
     pub max_shard_bytes: u64,
-    /// Replace a non-empty output folder (atomically, at the end).
+    /// Replace a non-empty output folder that escale wrote, once the new one is complete.
     pub force: bool,
 }
 
@@ -81,14 +84,20 @@ pub struct CheckpointWriter {
     slots: Vec<Slot>,
     by_name: HashMap<String, usize>,
     finished: bool,
+    /// Held until the writer is dropped (after the staging folder is gone).
+    _lock: OutputLock,
 }
 
-/// Refuses to replace a non-empty output unless forced (checked before any work is done).
+/// Refuses to replace a non-empty output unless forced, and even forced one that escale did not
+/// write (checked before any work is done).
 pub fn check_output(out_dir: &Path, force: bool) -> Result<()> {
-    if !force && publish::is_nonempty(out_dir) {
+    if !publish::is_nonempty(out_dir) {
+        return Ok(());
+    }
+    if !force {
         return Err(FormatError::OutputExists { path: out_dir.to_path_buf() });
     }
-    Ok(())
+    output::check_replaceable(out_dir).map_err(|e| FormatError::io(out_dir, e))
 }
 
 /// Assigns tensors to shards greedily in declaration order, like transformers' `save_pretrained`.
@@ -147,12 +156,10 @@ impl CheckpointWriter {
                 return Err(FormatError::tensor(out_dir, &t.name, "declared twice"));
             }
         }
-        let tmp_dir = publish::temp_path(out_dir, "tmp")
-            .map_err(|e| FormatError::Other { path: out_dir.to_path_buf(), message: e.to_string() })?;
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir).map_err(|e| FormatError::io(&tmp_dir, e))?;
-        }
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| FormatError::io(&tmp_dir, e))?;
+        let lock = OutputLock::acquire(out_dir).map_err(|e| FormatError::io(out_dir, e))?;
+        let tmp_dir = publish::resolve_output(out_dir)
+            .and_then(|real| publish::create_staging_dir(&real))
+            .map_err(|e| FormatError::io(out_dir, e))?;
 
         let plan = plan_shards(&tensors, options.max_shard_bytes.max(1));
         let n = plan.len();
@@ -191,6 +198,7 @@ impl CheckpointWriter {
             by_name: seen,
             slots,
             finished: false,
+            _lock: lock,
         })
     }
 
@@ -333,7 +341,8 @@ pub fn copy_auxiliary_files(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// Moves a completed folder into place ([`escale_util::publish::publish_dir`]). With `force`, an
-/// existing target is first moved aside and only deleted once the new folder is in place.
+/// existing escale output is replaced in one rename where the filesystem allows, and deleted
+/// once the new folder is in place.
 pub fn publish_dir(tmp_dir: &Path, out_dir: &Path, force: bool) -> Result<()> {
     publish::publish_dir(tmp_dir, out_dir, force).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => FormatError::OutputExists { path: out_dir.to_path_buf() },

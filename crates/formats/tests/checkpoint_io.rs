@@ -106,6 +106,9 @@ fn existing_output_is_refused_unless_forced_and_never_half_overwritten() {
     assert!(err.to_string().contains("out") && err.to_string().contains("--force"));
     assert_eq!(std::fs::read_to_string(out.join("precious.txt")).unwrap(), "keep me");
 
+    // Forced, it is replaced only as an escale output (it carries escale's mark); the refusal of
+    // a folder escale did not write is tested in output_safety.rs.
+    escale_util::output::mark_output(&out).unwrap();
     // An unfinished writer leaves the old output alone and removes its temporary folder.
     let specs = vec![TensorSpec::new("model.embed_tokens.weight", DType::F32, vec![32, 16])];
     let w = CheckpointWriter::create(&out, specs, &WriterOptions { force: true, ..Default::default() }).unwrap();
