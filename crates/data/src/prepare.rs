@@ -799,6 +799,19 @@ fn make_progress(options: &PrepareOptions, total: u64) -> Option<ProgressBar> {
     Some(pb)
 }
 
+/// Refuses output files that are inputs (`--output x` with input `x.bin`): writing them would
+/// destroy what is being read.
+fn check_outputs_apart<'p>(inputs: &[PathBuf], prefixes: impl Iterator<Item = &'p PathBuf>) -> Result<()> {
+    for prefix in prefixes {
+        for out in [crate::indexed::bin_path(prefix), crate::indexed::idx_path(prefix)] {
+            for input in inputs {
+                escale_util::output::check_apart(input, &out).map_err(|e| DataError::io(&out, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`prepare_data`] with a tokenizer already loaded (`options.append_eos` needs its EOS).
 pub fn prepare_data_with(tokenizer: &TextTokenizer, options: &PrepareOptions) -> Result<PrepareSummary> {
     let start = Instant::now();
@@ -843,6 +856,7 @@ pub fn prepare_data_with(tokenizer: &TextTokenizer, options: &PrepareOptions) ->
         }
         None => (options.output.clone(), None),
     };
+    check_outputs_apart(&files, std::iter::once(&main_prefix).chain(valid_prefix.as_ref()))?;
     let mut outputs = Outputs {
         main: IndexedDatasetWriter::create(&main_prefix, dtype)?,
         valid: valid_prefix.map(|v| IndexedDatasetWriter::create(v, dtype)).transpose()?,

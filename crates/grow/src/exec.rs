@@ -8,7 +8,8 @@
 //! * the writer's lifetime: [`CheckpointWriter`] created with every output declared up front (in
 //!   job order, so each job fills one contiguous region and the disk sees long sequential writes),
 //!   the growth manifest staged next to the weights, the folder published only once every job
-//!   succeeded (on any error the staging folder is removed);
+//!   succeeded (on any error the staging folder is removed); an output on, around or inside the
+//!   source refused first, and the output locked against a second writer for the whole run;
 //! * sources mapped zero-copy from the checkpoint, read ahead when a job starts and released from
 //!   the resident set when it ends, so memory stays at the jobs in flight, not the input size;
 //! * a worker pool taking jobs in order (near-sequential reads), each job first waiting for its
@@ -103,7 +104,8 @@ pub(crate) struct Streamed {
 }
 
 /// Runs `jobs` from `source` into `dest` with `transform`, then publishes the folder (config,
-/// weights, manifest, and the source's tokenizer files). On any error nothing is published.
+/// weights, manifest, and the source's tokenizer files). An output that is, contains or lies
+/// inside the source is refused before anything is written; on any error nothing is published.
 pub(crate) fn stream<'a, W: Sync, E: StreamError>(
     source: &'a Checkpoint,
     dest: Destination<'_>,
@@ -112,6 +114,8 @@ pub(crate) fn stream<'a, W: Sync, E: StreamError>(
     progress: Option<Progress<'_>>,
     transform: impl Fn(&Job<W>, Vec<SourceBytes<'a>>, &Output<'_>) -> Result<(), E> + Sync,
 ) -> Result<Streamed, E> {
+    // Replacing (or writing into) the folder being read would destroy the source mid-read.
+    escale_util::output::check_apart(source.dir(), dest.out_dir).map_err(|e| FormatError::io(dest.out_dir, e))?;
     let specs: Vec<TensorSpec> = jobs.iter().flat_map(|j| j.outputs.iter().cloned()).collect();
     let total: u64 = specs.iter().map(TensorSpec::byte_len).sum();
     let writer = CheckpointWriter::create(dest.out_dir, specs, dest.options)?;

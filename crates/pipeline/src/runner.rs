@@ -43,6 +43,7 @@ pub fn run(file: &PipelineFile, opts: &RunOptions, engine: &dyn Engine, on_event
     let plan = plan(file)?;
     let run_dir = &opts.run_dir;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let _lock = escale_util::lock::OutputLock::acquire(run_dir).with_context(|| format!("run directory {}", run_dir.display()))?;
     let mut records: Vec<StageRecord> = Vec::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped = Vec::new();

@@ -102,6 +102,9 @@ struct Session {
 /// latest complete checkpoint in `cfg.output` and reproduces the uninterrupted run exactly.
 pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
     cfg.validate()?;
+    // The run folder must not hold the model it trains, and only one writer may own it.
+    escale_util::output::check_apart(&cfg.model, &cfg.output).map_err(|e| TrainError::io(&cfg.output, e))?;
+    let _lock = escale_util::lock::OutputLock::acquire(&cfg.output).map_err(|e| TrainError::io(&cfg.output, e))?;
     escale_model::set_threads(cfg.threads);
     let base = Checkpoint::open(&cfg.model)?;
     check_fits_model(cfg, &base.config)?;

@@ -22,7 +22,8 @@ pub struct Args {
     /// tokenizer.json, or the folder holding it (its tokenizer_config.json names the EOS).
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Output prefix: writes PREFIX.bin and PREFIX.idx (parent folders are created).
+    /// Output prefix: writes PREFIX.bin and PREFIX.idx (parent folders are created); an output
+    /// file that is one of the inputs is refused.
     #[arg(long, value_name = "PREFIX")]
     pub output: PathBuf,
     /// Input format: `auto` (.jsonl/.ndjson/.json are JSONL, the rest plain text), `text` or `jsonl`.

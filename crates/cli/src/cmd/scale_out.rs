@@ -13,7 +13,8 @@ use super::scale_up::{open_source, print_verdict, report_stored_drift, WriteArgs
 pub struct Args {
     /// Dense source model folder (llama, mistral or qwen2; config.json + safetensors).
     pub source: PathBuf,
-    /// Output folder for the MoE model (must not exist or be empty, unless --force).
+    /// Output folder for the MoE model (must not exist or be empty, unless --force; never the
+    /// source, inside it or around it). Locked while written: a second writer is refused.
     pub output: PathBuf,
     /// Routed experts per layer; every expert starts as a copy (or a shard) of the dense MLP.
     #[arg(long, default_value_t = ScaleOutOptions::default().experts)]

@@ -19,7 +19,8 @@ use escale_grow::scale_up::{
 pub struct Args {
     /// Dense source model folder (llama, mistral or qwen2; config.json + safetensors).
     pub source: PathBuf,
-    /// Output folder for the grown model (must not exist or be empty, unless --force).
+    /// Output folder for the grown model (must not exist or be empty, unless --force; never the
+    /// source, inside it or around it). Locked while written: a second writer is refused.
     pub output: PathBuf,
     /// Target hidden size (default: the source's). Any size >= the source's.
     #[arg(long)]
@@ -100,7 +101,10 @@ pub struct WriteArgs {
     /// Largest output shard, e.g. 5GB, 500MB (HF's max_shard_size).
     #[arg(long, default_value_t = ByteSize(escale_formats::writer::DEFAULT_MAX_SHARD_BYTES), value_parser = crate::flags::size())]
     pub max_shard_size: ByteSize,
-    /// Replace an existing output folder (atomically, once the new one is complete).
+    /// Replace an existing output folder, once the new one is complete, but only one escale
+    /// wrote (or an empty one), never the source or a folder around it. The swap is one rename
+    /// where the filesystem supports it (Linux renameat2); elsewhere the old folder is moved
+    /// aside first. A symbolic link as output is followed: its target is replaced, the link kept.
     #[arg(long)]
     pub force: bool,
 }
