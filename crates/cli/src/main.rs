@@ -6,8 +6,12 @@
 
 use clap::{CommandFactory, FromArgMatches, Subcommand};
 
+// First, so that `out!` and `err!` are in scope in every module below.
+#[macro_use]
+mod out;
 mod cmd;
 mod flags;
+mod signals;
 
 #[derive(clap::Parser)]
 #[command(
@@ -64,6 +68,12 @@ fn main() {
     // Before any tensor is allocated: training frees and reallocates large buffers every step,
     // and glibc's defaults would return them to the OS and page-fault them back in each time.
     escale_model::tune_allocator();
+    signals::ignore_sigpipe();
+    if matches!(cli.command, Command::Train(_) | Command::Run(_) | Command::Demo(_)) {
+        // Training stops at the end of a step with a checkpoint; other commands keep the
+        // default (die at once: their outputs are published atomically, so nothing half-written).
+        signals::stop_on_interrupt();
+    }
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
@@ -81,7 +91,7 @@ fn main() {
     };
     if let Err(err) = result {
         // `{:#}` prints the whole context chain on one line: "reading X: tensor Y: ..."
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
+        err!("error: {err:#}");
+        std::process::exit(if signals::stop_requested() { signals::INTERRUPTED_EXIT } else { 1 });
     }
 }

@@ -9,11 +9,11 @@ use crate::indexed::DType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    // The cause is part of the message and not `source()`, so `{:#}` prints it once.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An `.idx` file that is not a valid Megatron index (bad magic, version, dtype code, sizes).
     #[error("{path}: invalid Megatron index: {message}")]
@@ -54,7 +54,7 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 impl DataError {
     pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.as_ref().to_path_buf(), source }
+        DataError::Io { path: path.as_ref().to_path_buf(), cause: source }
     }
     pub(crate) fn bad_index(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         DataError::BadIndex { path: path.as_ref().to_path_buf(), message: message.into() }

@@ -433,7 +433,10 @@ impl<'a> Reader<'a> {
                 if self.options.progress {
                     match &self.progress {
                         Some(pb) if !pb.is_hidden() => pb.println(format!("warning: {msg}")),
-                        _ => eprintln!("warning: {msg}"),
+                        // A closed stderr must not stop the run (eprintln! would panic).
+                        _ => {
+                            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("warning: {msg}\n"));
+                        }
                     }
                 }
                 if self.stats.errors.len() < MAX_REPORTED_ERRORS {

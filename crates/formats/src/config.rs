@@ -164,7 +164,7 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
         let value: Value =
-            serde_json::from_str(&text).map_err(|e| FormatError::Json { path: path.to_path_buf(), source: e })?;
+            serde_json::from_str(&text).map_err(|e| FormatError::Json { path: path.to_path_buf(), cause: e })?;
         ModelConfig::from_json(value, path)
     }
 

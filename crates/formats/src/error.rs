@@ -7,18 +7,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    // The cause is printed inside the message and deliberately not returned as `source()`:
+    // otherwise anyhow's `{:#}` prints it twice ("... (os error 2): ... (os error 2)").
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{path}: invalid JSON: {cause}")]
+    Json { path: PathBuf, cause: serde_json::Error },
     #[error("{path}: field `{field}`: {message}")]
     ConfigField {
         path: PathBuf,
@@ -59,10 +53,7 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 
 impl FormatError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        FormatError::Io {
-            path: path.into(),
-            source,
-        }
+        FormatError::Io { path: path.into(), cause: source }
     }
     pub fn field(path: impl Into<PathBuf>, field: &str, message: impl Into<String>) -> Self {
         FormatError::ConfigField {
@@ -77,5 +68,26 @@ impl FormatError {
             tensor: tensor.to_string(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::FormatError;
+
+    /// The cause is in the message once and not repeated by `source()` (anyhow's `{:#}` prints
+    /// the message followed by every source: "x: (os error 2): (os error 2)" before).
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = FormatError::io("m/config.json", io);
+        assert!(e.to_string().starts_with("m/config.json: ") && e.to_string().contains("(os error 2)"), "{e}");
+        assert!(e.source().is_none());
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = FormatError::Json { path: "m/config.json".into(), cause: json };
+        assert!(e.to_string().contains("invalid JSON: EOF"), "{e}");
+        assert!(e.source().is_none());
     }
 }

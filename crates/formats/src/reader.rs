@@ -301,7 +301,7 @@ type ShardIndex = (Vec<String>, Vec<(String, String)>);
 fn read_index(path: &Path) -> Result<ShardIndex> {
     let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
     let value: Value =
-        serde_json::from_str(&text).map_err(|e| FormatError::Json { path: path.to_path_buf(), source: e })?;
+        serde_json::from_str(&text).map_err(|e| FormatError::Json { path: path.to_path_buf(), cause: e })?;
     let map = value
         .get("weight_map")
         .and_then(Value::as_object)

@@ -183,7 +183,7 @@ impl GrowthManifest {
 pub fn read_record<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, FormatError> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|source| FormatError::Json { path, source })
+    serde_json::from_str(&text).map_err(|cause| FormatError::Json { path, cause })
 }
 
 #[cfg(test)]

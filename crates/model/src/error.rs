@@ -9,7 +9,7 @@ pub enum ModelError {
     Format(#[from] escale_formats::FormatError),
     /// A tensor operation failed inside candle (shape mismatch, out-of-range index, ...).
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// The config asks for something this engine does not implement (named field).
     #[error("{path}: field `{field}`: {message}")]
     Unsupported { path: PathBuf, field: String, message: String },
@@ -19,8 +19,9 @@ pub enum ModelError {
     /// Loading a tokenizer or encoding text failed (names the tokenizer file).
     #[error(transparent)]
     Data(#[from] escale_data::DataError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The cause is part of the message and not `source()`, so `{:#}` prints it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// Anything else, e.g. an error raised by a caller's `extra` callback in [`crate::Model::save`].
     #[error("{0}")]
     Other(String),
@@ -32,6 +33,14 @@ impl ModelError {
     }
     pub fn input(message: impl Into<String>) -> Self {
         ModelError::Input(message.into())
+    }
+}
+
+// Written by hand rather than with `#[from]`, which would also make the candle error `source()`
+// and print it twice under anyhow's `{:#}`: the message already carries it.
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(e)
     }
 }
 

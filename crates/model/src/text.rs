@@ -44,7 +44,7 @@ pub struct TokenStream<'a> {
 
 impl<'a> TokenStream<'a> {
     pub fn open(tok: &'a TextTokenizer, path: &Path) -> Result<TokenStream<'a>> {
-        let f = std::fs::File::open(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let f = std::fs::File::open(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), cause: e })?;
         Ok(TokenStream::from_reader(tok, Box::new(f), path))
     }
 
@@ -69,7 +69,7 @@ impl<'a> TokenStream<'a> {
             let n = self
                 .reader
                 .read_line(&mut text)
-                .map_err(|e| ModelError::Io { path: self.path.clone(), source: e })?;
+                .map_err(|e| ModelError::Io { path: self.path.clone(), cause: e })?;
             if n == 0 {
                 self.done = true;
                 break;

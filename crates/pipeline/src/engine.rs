@@ -5,6 +5,7 @@
 //! also lets the runner's skip/resume logic be tested on its own.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -59,6 +60,8 @@ pub trait Engine {
 pub struct Escale {
     /// Worker threads for training and evaluation (`None`: all cores).
     pub threads: Option<usize>,
+    /// Set by the caller (the CLI, on SIGINT/SIGTERM) to stop training at the end of a step.
+    pub stop: &'static AtomicBool,
 }
 
 impl Engine for Escale {
@@ -159,8 +162,21 @@ impl Engine for Escale {
     fn train(&self, cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Trained> {
         let cfg = TrainConfig { threads: self.threads, ..cfg.clone() };
         let resumed = escale_train::checkpoint::latest_checkpoint(&cfg.output)?.is_some();
-        let summary = escale_train::train(&cfg, on_event)
+        let interrupted = || {
+            anyhow::anyhow!(
+                "interrupted while training into {}: run the same command again to resume from its last checkpoint",
+                cfg.output.display()
+            )
+        };
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(interrupted());
+        }
+        let summary = escale_train::train_until(&cfg, self.stop, on_event)
             .with_context(|| format!("training {} into {}", cfg.model.display(), cfg.output.display()))?;
+        // A stopped run is not a finished stage: the runner must not record it as done.
+        if summary.stopped_early && self.stop.load(Ordering::SeqCst) {
+            return Err(interrupted());
+        }
         Ok(Trained {
             final_model: summary.final_checkpoint,
             tokens: summary.tokens,

@@ -28,15 +28,18 @@ pub mod demo;
 pub use events::PipelineEvent;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// Runs a pipeline file with the real engine. `output` overrides the file's `run_dir`; without
 /// either, the run goes to `runs/<file stem>` beside the file.
-/// Progress is reported through `on_event`.
+/// Progress is reported through `on_event`; setting `stop` ends a training stage cleanly at the
+/// end of a step, with a checkpoint, and the run with an "interrupted" error.
 pub fn run_file(
     path: &Path,
     output: Option<&Path>,
     threads: Option<usize>,
     progress: bool,
+    stop: &'static AtomicBool,
     on_event: events::OnEvent,
 ) -> anyhow::Result<runner::RunOutcome> {
     let file = schema::PipelineFile::load(path)?;
@@ -50,7 +53,7 @@ pub fn run_file(
             base_dir.join("runs").join(stem)
         }
     };
-    run(&file, &base_dir, &run_dir, threads, progress, on_event)
+    run(&file, &base_dir, &run_dir, threads, progress, stop, on_event)
 }
 
 /// Runs a parsed pipeline with the real engine into `run_dir`, reporting through `on_event`.
@@ -60,9 +63,10 @@ pub fn run(
     run_dir: &Path,
     threads: Option<usize>,
     progress: bool,
+    stop: &'static AtomicBool,
     on_event: events::OnEvent,
 ) -> anyhow::Result<runner::RunOutcome> {
-    let engine = engine::Escale { threads };
+    let engine = engine::Escale { threads, stop };
     let opts = runner::RunOptions { run_dir: run_dir.to_path_buf(), base_dir: base_dir.to_path_buf(), progress };
     runner::run(file, &opts, &engine, on_event)
 }

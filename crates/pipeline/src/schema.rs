@@ -344,8 +344,9 @@ one_of!(ModelEntry => ModelSpec { init: InitModel => Init, from: PathBuf => From
 /// A pipeline file that could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The cause is part of the message and not `source()`, so `{:#}` prints it once.
+    #[error("reading {path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// A key or value that does not fit the schema, with its YAML path.
     #[error("{file}: {path}: {message}")]
     Syntax { file: String, path: String, message: String },
@@ -358,7 +359,7 @@ impl PipelineFile {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<PipelineFile, SchemaError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| SchemaError::Io { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|cause| SchemaError::Io { path: path.to_path_buf(), cause })?;
         PipelineFile::parse(&text, &path.display().to_string())
     }
 

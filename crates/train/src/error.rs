@@ -9,7 +9,7 @@ pub enum TrainError {
     #[error(transparent)]
     Format(#[from] escale_formats::FormatError),
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// A training setting is invalid or inconsistent with the model or data (named field).
     #[error("training config: `{field}`: {message}")]
     Config { field: String, message: String },
@@ -19,8 +19,9 @@ pub enum TrainError {
     /// A checkpoint folder is incomplete, corrupt or belongs to another model/run.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The cause is part of the message and not `source()`, so `{:#}` prints it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// Too many consecutive steps had a non-finite loss or gradient.
     #[error("aborting at step {step}: {count} consecutive steps with non-finite loss or gradients (last: {what})")]
     NonFinite { step: u64, count: u32, what: String },
@@ -39,11 +40,34 @@ impl TrainError {
         TrainError::Data { path: path.into(), message: message.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.into(), source }
+        TrainError::Io { path: path.into(), cause: source }
     }
     pub fn other(message: impl std::fmt::Display) -> Self {
         TrainError::Other(message.to_string())
     }
 }
 
+// Written by hand rather than with `#[from]`, which would also make the candle error `source()`
+// and print it twice under anyhow's `{:#}`: the message already carries it.
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Candle(e)
+    }
+}
+
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    /// Causes formatted into a message are not also `source()`, so `{:#}` prints each once.
+    #[test]
+    fn causes_are_not_repeated_as_sources() {
+        let io = super::TrainError::io("run/train.yaml", std::io::Error::from_raw_os_error(2));
+        assert!(io.to_string().contains("(os error 2)") && io.source().is_none(), "{io}");
+        let candle = super::TrainError::from(candle_core::Error::Msg("shape mismatch".into()));
+        assert_eq!(candle.to_string(), "tensor operation failed: shape mismatch");
+        assert!(candle.source().is_none());
+    }
+}

@@ -25,7 +25,7 @@ pub use schedule::{LrSchedule, ScheduleKind};
 pub mod select;
 pub mod trainer;
 
-pub use trainer::{evaluate, train, EvalRecord, StepRecord, TrainEvent, TrainSummary};
+pub use trainer::{evaluate, train, train_until, EvalRecord, StepRecord, TrainEvent, TrainSummary};
 
 /// The allocator setting training wants, re-exported from the model engine (one definition).
 pub use escale_model::tune_allocator;

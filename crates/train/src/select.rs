@@ -18,7 +18,7 @@ use crate::error::{Result, TrainError};
 pub fn new_layers_from_manifest(model_dir: &Path) -> Result<Vec<usize>> {
     let path = model_dir.join(MANIFEST_FILE);
     let manifest: ScaleUpManifest = escale_grow::plan::read_record(model_dir).map_err(|e| match e {
-        escale_formats::FormatError::Io { source, .. } => TrainError::config(
+        escale_formats::FormatError::Io { cause: source, .. } => TrainError::config(
             "train_only",
             format!("new-layers needs the Scale-Up manifest {}: {source}", path.display()),
         ),

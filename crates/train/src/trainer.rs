@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,7 +83,7 @@ pub struct TrainSummary {
     /// Wall time of all sessions of the run (resumes included).
     pub wall_s: f64,
     pub final_checkpoint: PathBuf,
-    /// True when `stop_after_step` ended the run before `total_steps`.
+    /// True when `stop_after_step` or a stop request ended the run before `total_steps`.
     pub stopped_early: bool,
     pub skipped_steps: u64,
 }
@@ -101,6 +102,14 @@ struct Session {
 /// Trains per `cfg`, reporting progress through `on_event`. With `cfg.resume`, continues from the
 /// latest complete checkpoint in `cfg.output` and reproduces the uninterrupted run exactly.
 pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
+    train_until(cfg, &AtomicBool::new(false), on_event)
+}
+
+/// [`train`], stopping cleanly once `stop` is set (the CLI sets it on SIGINT/SIGTERM): the
+/// current step finishes, a checkpoint of it is written and the summary says `stopped_early`,
+/// so `--resume` continues to the same weights as an uninterrupted run. Polled once per step;
+/// the library installs no signal handler itself.
+pub fn train_until(cfg: &TrainConfig, stop: &AtomicBool, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
     cfg.validate()?;
     // The run folder must not hold the model it trains, and only one writer may own it.
     escale_util::output::check_apart(&cfg.model, &cfg.output).map_err(|e| TrainError::io(&cfg.output, e))?;
@@ -221,8 +230,10 @@ pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<
                 on_event(TrainEvent::Eval(&rec));
             }
         }
-        let stop_now = cfg.stop_after_step == Some(step);
-        if last || (cfg.save_interval > 0 && step % cfg.save_interval == 0) {
+        // `stop_after_step` simulates a kill (no extra checkpoint); a stop request saves this step.
+        let interrupted = stop.load(Ordering::Relaxed);
+        let stop_now = cfg.stop_after_step == Some(step) || interrupted;
+        if last || interrupted || (cfg.save_interval > 0 && step % cfg.save_interval == 0) {
             s.state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
             let dir = save_checkpoint(cfg, &s)?;
             on_event(TrainEvent::Checkpoint { step, path: &dir });

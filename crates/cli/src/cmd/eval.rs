@@ -58,17 +58,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let report = ev.finish().with_context(|| format!("evaluating {}", args.text.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("model       {}", args.model.display());
-    println!("text        {}", args.text.display());
-    println!("tokens      {} predicted in {} window(s) of <= {}", report.tokens, report.windows, window.min(model.config.max_position_embeddings));
-    println!("loss        {:.6}", report.loss);
-    println!("perplexity  {:.4}", report.perplexity);
+    out!("model       {}", args.model.display());
+    out!("text        {}", args.text.display());
+    out!("tokens      {} predicted in {} window(s) of <= {}", report.tokens, report.windows, window.min(model.config.max_position_embeddings));
+    out!("loss        {:.6}", report.loss);
+    out!("perplexity  {:.4}", report.perplexity);
     for l in &report.expert_load {
         let f: Vec<String> = l.fractions.iter().map(|x| format!("{:.3}", x)).collect();
-        println!("layer {:>3} expert load  [{}]", l.layer, f.join(" "));
+        out!("layer {:>3} expert load  [{}]", l.layer, f.join(" "));
     }
     Ok(())
 }

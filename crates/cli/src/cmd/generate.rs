@@ -1,7 +1,6 @@
 //! `escale generate`: continue a prompt with a model (greedy, or temperature / top-p sampling), using
 //! a KV cache so each new token costs one incremental forward.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -80,10 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let text = tok.decode(&all, true)?;
     if args.json {
         let v = serde_json::json!({"prompt_ids": prompt, "new_ids": new, "text": text});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{text}")?;
+        out!("{text}");
     }
     Ok(())
 }

@@ -29,6 +29,6 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let out = escale_train::init_model(&args.config, &args.output, args.seed, args.dtype, args.force)
         .with_context(|| format!("initialising a model from {}", args.config.display()))?;
-    println!("wrote a randomly initialised model (seed {}) to {}", args.seed, out.display());
+    out!("wrote a randomly initialised model (seed {}) to {}", args.seed, out.display());
     Ok(())
 }

@@ -21,9 +21,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ckpt = Checkpoint::open(&args.model).with_context(|| format!("inspecting {}", args.model.display()))?;
     let summary = summarize(&ckpt, args.tensors);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("{}", summary.to_text());
+        crate::out::write_text(std::io::stdout().lock(), &summary.to_text());
     }
     Ok(())
 }

@@ -39,9 +39,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = CorpusOptions { size_bytes: size.0, seed: args.seed, people: args.people, zh_fraction: args.zh_fraction };
     let s = make_corpus(&args.output, &options).with_context(|| format!("writing the corpus to {}", args.output.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        out!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!(
+        out!(
             "wrote {} ({} bytes): {} documents ({} English, {} Chinese, {} bilingual) about a world of {} people, \
              {} cities and {} countries ({} facts), seed {}",
             s.files[0].display(),

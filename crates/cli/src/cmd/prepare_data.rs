@@ -102,9 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = prepare_data(&args.tokenizer, args.eos_token.as_deref(), &options)
         .with_context(|| format!("preparing {}", args.output.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("{}", summary.to_text());
+        crate::out::write_text(std::io::stdout().lock(), &summary.to_text());
     }
     Ok(())
 }

@@ -25,20 +25,20 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal();
     let on_event = |ev: PipelineEvent| print_event(&ev, progress);
-    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress, &on_event)?;
+    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress, &crate::signals::STOP, &on_event)?;
     print_outcome(&outcome);
     Ok(())
 }
 
 /// The closing summary table and where the report is (shared with `escale demo`).
 pub fn print_outcome(outcome: &RunOutcome) {
-    println!("\n{}", outcome.summary.to_terminal());
+    out!("\n{}", outcome.summary.to_terminal());
     if !outcome.skipped.is_empty() {
-        println!("skipped (already finished): {}", outcome.skipped.join(", "));
+        out!("skipped (already finished): {}", outcome.skipped.join(", "));
     }
-    println!("report:  {}", outcome.files.markdown.display());
-    println!("figure:  {} (and .svg)", outcome.files.png.display());
-    println!("summary: {}", outcome.files.summary.display());
+    out!("report:  {}", outcome.files.markdown.display());
+    out!("figure:  {} (and .svg)", outcome.files.png.display());
+    out!("summary: {}", outcome.files.summary.display());
 }
 
 /// Prints what the pipeline reports, on stderr (shared with `escale demo`). With a progress bar
@@ -47,24 +47,24 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
     match ev {
         PipelineEvent::StageStarted { index, total, stage } => {
             let from = stage.source.as_ref().map(|s| format!(" from {s}")).unwrap_or_default();
-            eprintln!("\n=== stage {index}/{total}: {} ({}{from}) ===", stage.name, stage.kind.as_str());
-            eprintln!("  {}", stage.method);
+            err!("\n=== stage {index}/{total}: {} ({}{from}) ===", stage.name, stage.kind.as_str());
+            err!("  {}", stage.method);
         }
-        PipelineEvent::Skipped => eprintln!("  already finished (stage.json matches): skipped"),
-        PipelineEvent::Resuming => eprintln!("  resuming an unfinished run of this stage"),
+        PipelineEvent::Skipped => err!("  already finished (stage.json matches): skipped"),
+        PipelineEvent::Resuming => err!("  resuming an unfinished run of this stage"),
         PipelineEvent::SetAside { dir, aside, why } => {
-            eprintln!("  {} is out of date ({why}): moved to {} and run again", dir.display(), aside.display())
+            err!("  {} is out of date ({why}): moved to {} and run again", dir.display(), aside.display())
         }
         PipelineEvent::GeneratingCorpus { size_mb } => {
-            eprintln!("  generating the built-in bilingual corpus ({size_mb} MB)")
+            err!("  generating the built-in bilingual corpus ({size_mb} MB)")
         }
         PipelineEvent::TrainingTokenizer { vocab_size } => {
-            eprintln!("  training a byte-level BPE tokenizer (vocabulary {vocab_size})")
+            err!("  training a byte-level BPE tokenizer (vocabulary {vocab_size})")
         }
-        PipelineEvent::Tokenizing { files, prefix } => eprintln!("  tokenizing {files} file(s) into {}", prefix.display()),
-        PipelineEvent::InitialisingModel => eprintln!("  initialising a random model"),
-        PipelineEvent::Growing { source, out } => eprintln!("  growing {} into {}", source.display(), out.display()),
-        PipelineEvent::ValLossBefore(loss) => eprintln!("  validation loss before training: {loss:.4}"),
+        PipelineEvent::Tokenizing { files, prefix } => err!("  tokenizing {files} file(s) into {}", prefix.display()),
+        PipelineEvent::InitialisingModel => err!("  initialising a random model"),
+        PipelineEvent::Growing { source, out } => err!("  growing {} into {}", source.display(), out.display()),
+        PipelineEvent::ValLossBefore(loss) => err!("  validation loss before training: {loss:.4}"),
         PipelineEvent::Transition { source, source_val_loss, grown_val_loss, exactness } => {
             let before = source_val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into());
             let change =
@@ -74,12 +74,12 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
                 Some(why) => format!("function preserving in f32 only: {why}"),
                 None => "function preserving".to_string(),
             };
-            eprintln!("  transition: {source} val loss {before} -> grown {grown_val_loss:.4}{change} ({verdict})");
+            err!("  transition: {source} val loss {before} -> grown {grown_val_loss:.4}{change} ({verdict})");
         }
         PipelineEvent::Budget { flops, tokens, flops_per_token } => {
-            eprintln!("  budget {flops:.3e} FLOPs = {tokens} tokens at {flops_per_token:.3e} FLOPs/token")
+            err!("  budget {flops:.3e} FLOPs = {tokens} tokens at {flops_per_token:.3e} FLOPs/token")
         }
-        PipelineEvent::Training(cfg) => eprintln!(
+        PipelineEvent::Training(cfg) => err!(
             "  training {} tokens (seq {}, batch {}x{}, lr {})",
             cfg.total_tokens.unwrap_or_default(),
             cfg.seq_len,
@@ -88,12 +88,12 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
             cfg.lr
         ),
         PipelineEvent::Train(TrainEvent::Started { start_step, total_steps, resumed_from: Some(p) }) => {
-            eprintln!("  resuming from {} (step {start_step} of {total_steps})", p.display())
+            err!("  resuming from {} (step {start_step} of {total_steps})", p.display())
         }
         PipelineEvent::Train(TrainEvent::Eval(e)) if !progress => {
-            eprintln!("  step {:>6}  tokens {:>10}  val loss {:.4}", e.step, e.tokens, e.val_loss)
+            err!("  step {:>6}  tokens {:>10}  val loss {:.4}", e.step, e.tokens, e.val_loss)
         }
-        PipelineEvent::Train(TrainEvent::Warning(w)) => eprintln!("  warning: {w}"),
+        PipelineEvent::Train(TrainEvent::Warning(w)) => err!("  warning: {w}"),
         PipelineEvent::Train(_) => {}
         PipelineEvent::StageFinished(record) => print_stage(record),
     }
@@ -101,7 +101,7 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
 
 fn print_stage(r: &StageRecord) {
     let loss = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    eprintln!(
+    err!(
         "  {}: {} params ({} active), {} tokens, {:.3e} FLOPs, val loss {} -> {}",
         r.name,
         escale_formats::summary::human_count(r.params_total),

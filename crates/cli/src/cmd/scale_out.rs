@@ -116,10 +116,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn print_plan(p: &ScaleOutPlan) {
     let o = &p.options;
     for w in &p.warnings {
-        eprintln!("{w}");
+        err!("{w}");
     }
-    println!("scale-out plan: {} -> {} model", p.source_type, p.format);
-    println!(
+    out!("scale-out plan: {} -> {} model", p.source_type, p.format);
+    out!(
         "  experts {} x FFN {} (granularity {}), top-{}, router {} std {} seed {}",
         o.experts,
         p.expert_ffn,
@@ -130,15 +130,15 @@ fn print_plan(p: &ScaleOutPlan) {
         o.seed
     );
     if p.shared_ffn > 0 {
-        println!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
+        out!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
     }
     print_verdict(&p.exactness, "the MoE computes the dense model's function (up to routing-weight rounding)");
 }
 
 fn print_summary(r: &UpcycleReport) {
-    println!("wrote {} ({} model, {} tensors, manifest {})", r.output.display(), r.plan.format, r.tensors, escale_grow::MANIFEST_FILE);
+    out!("wrote {} ({} model, {} tensors, manifest {})", r.output.display(), r.plan.format, r.tensors, escale_grow::MANIFEST_FILE);
     let gb = |b: u64| b as f64 / 1e9;
-    println!(
+    out!(
         "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} s copying, then fsync; {:.2} GB/s written)",
         gb(r.bytes_read),
         gb(r.bytes_written),

@@ -198,8 +198,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn print_plan(plan: &ScaleUpPlan) {
     let o = &plan.options;
-    println!("scale-up plan: {}", plan.summary_line());
-    println!(
+    out!("scale-up plan: {}", plan.summary_line());
+    out!(
         "  method {}, preset {}, depth {}, hidden map {}, head map {}, fan-out {}, seed {}",
         o.method.as_str(),
         o.preset.as_str(),
@@ -213,12 +213,12 @@ fn print_plan(plan: &ScaleUpPlan) {
         o.seed
     );
     if o.method.is_aki() {
-        println!("  AKI consumer source {}, scope {}", o.aki_consumer_source.as_str(), o.aki_scope.as_str());
+        out!("  AKI consumer source {}, scope {}", o.aki_consumer_source.as_str(), o.aki_scope.as_str());
     }
     let dup: Vec<usize> = (1..plan.depth.map.len()).filter(|&l| plan.depth.map[l] == plan.depth.map[l - 1]).map(|l| plan.depth.map[l]).collect();
-    println!("  depth map {:?} (repeated source layers {:?})", plan.depth.map, dup);
+    out!("  depth map {:?} (repeated source layers {:?})", plan.depth.map, dup);
     if plan.target.rms_norm_eps != plan.source.rms_norm_eps {
-        println!("  rms_norm_eps {} -> {}", plan.source.rms_norm_eps, plan.target.rms_norm_eps);
+        out!("  rms_norm_eps {} -> {}", plan.source.rms_norm_eps, plan.target.rms_norm_eps);
     }
     print_verdict(&plan.exactness, "the grown model computes the source's function (up to f32 rounding)");
 }
@@ -227,9 +227,9 @@ fn print_plan(plan: &ScaleUpPlan) {
 /// says so, and which flag keeps it exact, instead of "exact".
 pub(super) fn print_verdict(e: &Exactness, exact_meaning: &str) {
     match &e.stored_dtype_rounding {
-        _ if !e.exact => println!("  NOT exact: {}", e.reasons.join("; ")),
-        None => println!("  exact: {exact_meaning}"),
-        Some(why) => println!("  exact in f32 only: {why}; `--dtype f32` keeps it exact"),
+        _ if !e.exact => out!("  NOT exact: {}", e.reasons.join("; ")),
+        None => out!("  exact: {exact_meaning}"),
+        Some(why) => out!("  exact in f32 only: {why}; `--dtype f32` keeps it exact"),
     }
 }
 
@@ -249,7 +249,7 @@ pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) ->
     }
     let grown_bytes = Checkpoint::open(grown)?.file_bytes();
     if grown_bytes > DRIFT_CHECK_MAX_BYTES {
-        println!("  stored-dtype drift not measured (the grown model is larger than {} GB); `--dtype f32` keeps it exact", DRIFT_CHECK_MAX_BYTES >> 30);
+        out!("  stored-dtype drift not measured (the grown model is larger than {} GB); `--dtype f32` keeps it exact", DRIFT_CHECK_MAX_BYTES >> 30);
         return Ok(());
     }
     let reference = super::verify::load_model(source, candle_core::DType::F32)?;
@@ -259,7 +259,7 @@ pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) ->
     let window = DRIFT_SEQUENCE_LEN.min(reference.config.max_position_embeddings);
     let ids: Vec<u32> = (0..DRIFT_SEQUENCES * window).map(|_| rng.random_range(0..vocab)).collect();
     let r = compare_models(&reference, &candidate, &ids, window)?;
-    println!(
+    out!(
         "  stored-dtype drift over {} positions of random tokens: max |delta logit| {:.3e} ({:.3e} of max |logit|), mean KL {:.3e}, \
          top-1 agreement {:.2}%; `--dtype f32` keeps it exact",
         r.logits.positions,
@@ -273,8 +273,8 @@ pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) ->
 
 fn print_summary(r: &ScaleUpReport) {
     let gb = |b: u64| b as f64 / 1e9;
-    println!("wrote {} ({} tensors, manifest {})", r.out_dir.display(), r.tensors, escale_grow::MANIFEST_FILE);
-    println!(
+    out!("wrote {} ({} tensors, manifest {})", r.out_dir.display(), r.tensors, escale_grow::MANIFEST_FILE);
+    out!(
         "  read {:.3} GB, wrote {:.3} GB in {:.2} s ({:.2} GB/s written)",
         gb(r.bytes_read),
         gb(r.bytes_written),

@@ -181,12 +181,12 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let quiet = cfg.progress_bar;
-    let summary = escale_train::train(&cfg, &mut |ev| match ev {
+    let summary = escale_train::train_until(&cfg, &crate::signals::STOP, &mut |ev| match ev {
         TrainEvent::Started { start_step, total_steps, resumed_from } => {
             bar.set_position(start_step);
             match resumed_from {
-                Some(dir) => eprintln!("resuming from {} (step {start_step} of {total_steps})", dir.display()),
-                None => eprintln!("training {} for {total_steps} steps", cfg.model.display()),
+                Some(dir) => err!("resuming from {} (step {start_step} of {total_steps})", dir.display()),
+                None => err!("training {} for {total_steps} steps", cfg.model.display()),
             }
         }
         TrainEvent::Step(r) => {
@@ -196,16 +196,16 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
             if quiet {
                 bar.set_message(msg);
             } else if r.step == 1 || r.step % 10 == 0 || r.step == total {
-                eprintln!("step {}/{total}: {msg}", r.step);
+                err!("step {}/{total}: {msg}", r.step);
             }
         }
-        TrainEvent::Eval(r) => bar.suspend(|| eprintln!("step {}: validation loss {:.4}", r.step, r.val_loss)),
-        TrainEvent::Checkpoint { step, path } => bar.suspend(|| eprintln!("step {step}: checkpoint {}", path.display())),
-        TrainEvent::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+        TrainEvent::Eval(r) => bar.suspend(|| err!("step {}: validation loss {:.4}", r.step, r.val_loss)),
+        TrainEvent::Checkpoint { step, path } => bar.suspend(|| err!("step {step}: checkpoint {}", path.display())),
+        TrainEvent::Warning(w) => bar.suspend(|| err!("warning: {w}")),
     })?;
     bar.finish_and_clear();
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    println!(
+    out!(
         "{} after {} steps, {} tokens, {:.3e} FLOPs, {:.1} s: train loss {}, validation loss {} (best {}), {} skipped steps\ncheckpoint: {}",
         if summary.stopped_early { "stopped" } else { "done" },
         summary.steps,
@@ -218,5 +218,11 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
         summary.skipped_steps,
         summary.final_checkpoint.display()
     );
+    if summary.stopped_early && crate::signals::stop_requested() {
+        anyhow::bail!(
+            "interrupted at step {} of {total}; the checkpoint above holds it: run the same command with --resume to continue",
+            summary.steps
+        );
+    }
     Ok(())
 }

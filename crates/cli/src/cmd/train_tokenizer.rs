@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t = TextTokenizer::from_file(&path)?;
     let specials: Vec<String> =
         options.special_tokens().iter().map(|s| format!("{s} = {}", t.tokenizer().token_to_id(s).unwrap_or(u32::MAX))).collect();
-    println!(
+    out!(
         "wrote {} (byte-level BPE, vocabulary {}, special tokens {}) in {:.1} s",
         path.display(),
         t.vocab_size(),

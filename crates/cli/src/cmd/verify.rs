@@ -77,15 +77,15 @@ pub fn text_tokens(model_dir: &Path, path: &Path, max: usize) -> anyhow::Result<
 
 fn print_text(r: &VerifyReport, args: &Args) {
     let s = &r.logits;
-    println!("reference  {}", args.reference.display());
-    println!("candidate  {}", args.candidate.display());
-    println!("positions            {}", s.positions);
-    println!("max |delta logit|    {:.6e}  ({:.3e} of max |logit| {:.4})", s.max_abs_diff, r.relative_max_diff, s.max_abs_reference);
-    println!("mean |delta logit|   {:.6e}", s.mean_abs_diff);
-    println!("KL(ref||cand) mean   {:.6e}  (max {:.3e})", s.mean_kl, s.max_kl);
-    println!("top-1 agreement      {:.2}%", 100.0 * s.top1_agreement);
-    println!("loss ref / cand      {:.6} / {:.6}", r.reference_loss, r.candidate_loss);
-    println!("bitwise identical    {}", if s.exact { "yes" } else { "no" });
+    out!("reference  {}", args.reference.display());
+    out!("candidate  {}", args.candidate.display());
+    out!("positions            {}", s.positions);
+    out!("max |delta logit|    {:.6e}  ({:.3e} of max |logit| {:.4})", s.max_abs_diff, r.relative_max_diff, s.max_abs_reference);
+    out!("mean |delta logit|   {:.6e}", s.mean_abs_diff);
+    out!("KL(ref||cand) mean   {:.6e}  (max {:.3e})", s.mean_kl, s.max_kl);
+    out!("top-1 agreement      {:.2}%", 100.0 * s.top1_agreement);
+    out!("loss ref / cand      {:.6} / {:.6}", r.reference_loss, r.candidate_loss);
+    out!("bitwise identical    {}", if s.exact { "yes" } else { "no" });
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -117,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["pass"] = serde_json::Value::Bool(report.logits.max_abs_diff <= args.tol);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_text(&report, &args);
     }
