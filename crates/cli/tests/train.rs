@@ -144,3 +144,50 @@ fn sigkill_then_resume_reproduces_the_uninterrupted_run() {
     assert_eq!(a.len() as u64, steps);
     assert_eq!(a, b, "killed at step {at_kill}: resumed losses differ");
 }
+
+/// Issue 13's acceptance check: a run killed with SIGKILL at 20 random moments (at start-up,
+/// mid-step, mid-checkpoint) and resumed each time with `--resume-or-start` ends with weights
+/// bit-identical to an uninterrupted run, and the same losses.
+#[test]
+fn twenty_sigkills_then_resume_give_bit_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init(dir.path(), "model", 4);
+    let data = dataset(dir.path());
+    let steps = 150;
+    let run_args = |out: &Path| {
+        let mut args = train_args(&model, &data, out, steps);
+        args.extend(["--save-interval", "3", "--keep-checkpoints", "2", "--resume-or-start"].map(String::from));
+        args
+    };
+    let straight = dir.path().join("straight");
+    ok(escale().args(run_args(&straight)).output().unwrap());
+
+    let killed = dir.path().join("killed");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = escale_util::rng::SplitMix64::new(seed);
+    let mut kills = Vec::new();
+    while kills.len() < 20 {
+        let mut child = escale().args(run_args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
+        // Half the kills wait for a few more logged steps (so the run advances), half strike
+        // during start-up; each then waits a further random few milliseconds.
+        if kills.len() % 2 == 0 {
+            let target = (losses(&killed).len() as u64 + 1 + rng.next_u64() % 6).min(steps - 1);
+            let start = Instant::now();
+            while (losses(&killed).len() as u64) < target && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 5000));
+        let finished = child.try_wait().unwrap().is_some();
+        assert!(!finished, "the run finished before kill {} (seed {seed}); make it longer", kills.len() + 1);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills.push(losses(&killed).len());
+    }
+    let text = ok(escale().args(run_args(&killed)).output().unwrap());
+    let context = format!("seed {seed}, steps logged at each kill {kills:?}");
+    assert!(text.contains("resuming from"), "{context}: {text}");
+    assert_eq!(losses(&straight), losses(&killed), "{context}: losses differ");
+    let weights = |run: &Path| std::fs::read(run.join(format!("checkpoints/step-{steps:08}/model.safetensors"))).unwrap();
+    assert!(weights(&straight) == weights(&killed), "{context}: final weights differ");
+}

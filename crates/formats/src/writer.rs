@@ -295,6 +295,9 @@ impl CheckpointWriter {
         if let Some(src) = aux_source {
             copy_auxiliary_files(src, &self.tmp_dir)?;
         }
+        // Files a caller added to the staging folder (a trainer's optimizer state) and the copied
+        // tokenizer files reach the disk before the rename makes the folder visible.
+        publish::sync_folder_files(&self.tmp_dir).map_err(|e| FormatError::io(&self.tmp_dir, e))?;
         publish_dir(&self.tmp_dir, &self.out_dir, self.force)?;
         self.finished = true;
         Ok(self.out_dir.clone())

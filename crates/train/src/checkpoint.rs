@@ -7,7 +7,13 @@
 //! The folder is filled in a hidden staging folder and renamed into place in one step (the model's
 //! `save`), so a folder named `step-*` is complete by construction, whenever the process dies.
 //! Discovery still checks for the state file, so a folder made some other way is never resumed.
+//!
+//! Durability: every file is fsynced before the rename and the parent folder after it (the
+//! writer's `finish`), and the state records the SHA-256 of each tensor file. Resuming verifies
+//! them, so a file the disk never received (a zero-filled optimizer after a power cut) is found
+//! and the previous checkpoint is used instead ([`find_resume_point`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use escale_util::publish;
@@ -45,6 +51,10 @@ pub struct TrainerState {
     pub nonfinite_in_row: u32,
     /// Wall time spent training so far (seconds), for the final summary.
     pub elapsed_s: f64,
+    /// SHA-256 (hex) of each tensor file of the checkpoint, by file name. Empty in checkpoints
+    /// written before escale recorded them; those are resumed unverified.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// Identity of an architecture: model type plus every tensor name and shape it implies. Two
@@ -112,6 +122,71 @@ pub fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
     let path = dir.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).expect("state serialises");
     publish::write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))
+}
+
+/// SHA-256 of every `*.safetensors` file in `dir` (model shards and optimizer state).
+pub fn tensor_file_checksums(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut sums = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let path = entry.map_err(|e| TrainError::io(dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".safetensors") && path.is_file() {
+            let sum = escale_util::hash::sha256_file(&path).map_err(|e| TrainError::io(&path, e))?;
+            sums.insert(name.to_string(), sum);
+        }
+    }
+    Ok(sums)
+}
+
+/// Reads the state of the checkpoint in `dir` and checks every tensor file against the
+/// checksum recorded in it. The error names the damaged file.
+pub fn verify_checkpoint(dir: &Path) -> Result<TrainerState> {
+    let state = read_state(dir)?;
+    for (name, expected) in &state.checksums {
+        let path = dir.join(name);
+        let found = escale_util::hash::sha256_file(&path)
+            .map_err(|e| TrainError::checkpoint(dir, format!("{name} is listed in {STATE_FILE} but cannot be read: {e}")))?;
+        if &found != expected {
+            return Err(TrainError::checkpoint(
+                dir,
+                format!("{name} is damaged: its SHA-256 is {found}, {STATE_FILE} recorded {expected} (a file the disk never fully received, after a crash or power cut?)"),
+            ));
+        }
+    }
+    Ok(state)
+}
+
+/// The checkpoint a resume continues from.
+#[derive(Debug)]
+pub struct ResumePoint {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+    /// Newer checkpoints passed over because they failed verification, newest first.
+    pub skipped: Vec<TrainError>,
+}
+
+/// The newest checkpoint under `output` that passes [`verify_checkpoint`]. `Ok(None)` when there
+/// is no checkpoint at all; an error (listing each one's fault) when all of them are damaged.
+pub fn find_resume_point(output: &Path) -> Result<Option<ResumePoint>> {
+    let all = list_checkpoints(output)?;
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let mut skipped = Vec::new();
+    for (_, dir) in all.into_iter().rev() {
+        match verify_checkpoint(&dir) {
+            Ok(state) => return Ok(Some(ResumePoint { dir, state, skipped })),
+            Err(e) => skipped.push(e),
+        }
+    }
+    let faults: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+    Err(TrainError::checkpoint(
+        checkpoints_root(output),
+        format!(
+            "no valid checkpoint to resume from: {}; remove the damaged folders (or choose another output) to start again",
+            faults.join("; ")
+        ),
+    ))
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {

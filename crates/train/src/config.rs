@@ -23,6 +23,55 @@ pub enum TrainOnly {
     Experts,
 }
 
+/// What to do with checkpoints already in the output folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ResumeMode {
+    /// Start a new run; an output that already holds checkpoints is refused.
+    #[default]
+    Fresh,
+    /// Continue from the newest valid checkpoint (falling back past damaged ones with a
+    /// warning); refused when there is none, so a mistyped output never restarts a run silently.
+    Resume,
+    /// Continue when there is a checkpoint, start from scratch when there is none (the
+    /// pipeline's re-runs, which cannot know whether the stage got that far).
+    ResumeOrStart,
+}
+
+/// YAML/JSON form: `resume: false | true | resume-or-start`. The two booleans keep older
+/// configs loading and the run fingerprint of `Fresh` unchanged.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ResumeRepr {
+    Flag(bool),
+    Named(String),
+}
+
+const RESUME_OR_START: &str = "resume-or-start";
+
+impl Serialize for ResumeMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ResumeMode::Fresh => ResumeRepr::Flag(false),
+            ResumeMode::Resume => ResumeRepr::Flag(true),
+            ResumeMode::ResumeOrStart => ResumeRepr::Named(RESUME_OR_START.into()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResumeMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match ResumeRepr::deserialize(d)? {
+            ResumeRepr::Flag(false) => Ok(ResumeMode::Fresh),
+            ResumeRepr::Flag(true) => Ok(ResumeMode::Resume),
+            ResumeRepr::Named(n) if n == RESUME_OR_START => Ok(ResumeMode::ResumeOrStart),
+            ResumeRepr::Named(n) => {
+                Err(serde::de::Error::custom(format!("`{n}`: expected true, false or {RESUME_OR_START}")))
+            }
+        }
+    }
+}
+
 /// Compute precision of the trained weights (checkpoints are stored in the same precision, so a
 /// resumed run continues from bit-identical weights): the model's own [`escale_model::Precision`].
 pub type TrainDType = escale_model::Precision;
@@ -76,8 +125,8 @@ pub struct TrainConfig {
     /// CPU threads (sets RAYON_NUM_THREADS before any work); none = all cores.
     pub threads: Option<usize>,
     pub dtype: TrainDType,
-    /// Continue from the latest complete checkpoint in `output`.
-    pub resume: bool,
+    /// Whether to continue from a checkpoint in `output` (see [`ResumeMode`]).
+    pub resume: ResumeMode,
     /// Debug/testing: exit (as if killed) right after this step is logged and checkpointed if due.
     pub stop_after_step: Option<u64>,
     /// Show an indicatif progress bar (the CLI turns it on for terminals).
@@ -118,7 +167,7 @@ impl Default for TrainConfig {
             max_nonfinite_steps: 5,
             threads: None,
             dtype: TrainDType::F32,
-            resume: false,
+            resume: ResumeMode::Fresh,
             stop_after_step: None,
             progress_bar: false,
         }
@@ -215,7 +264,7 @@ impl TrainConfig {
         c.save_interval = 0;
         c.keep_checkpoints = 1;
         c.threads = None;
-        c.resume = false;
+        c.resume = ResumeMode::Fresh;
         c.stop_after_step = None;
         c.progress_bar = false;
         c.max_nonfinite_steps = 1;
@@ -263,9 +312,21 @@ mod tests {
     #[test]
     fn fingerprint_ignores_operational_settings_only() {
         let a = TrainConfig { steps: Some(3), ..Default::default() };
-        let b = TrainConfig { save_interval: 7, threads: Some(1), resume: true, output: "x".into(), ..a.clone() };
+        let b = TrainConfig { save_interval: 7, threads: Some(1), resume: ResumeMode::Resume, output: "x".into(), ..a.clone() };
         assert_eq!(a.run_fingerprint(), b.run_fingerprint());
         let c = TrainConfig { lr: 1e-3, ..a.clone() };
         assert_ne!(a.run_fingerprint(), c.run_fingerprint());
+    }
+
+    #[test]
+    fn resume_mode_reads_booleans_and_resume_or_start() {
+        let parse = |v: &str| serde_yaml::from_str::<ResumeMode>(v);
+        assert_eq!(parse("false").unwrap(), ResumeMode::Fresh);
+        assert_eq!(parse("true").unwrap(), ResumeMode::Resume);
+        assert_eq!(parse("resume-or-start").unwrap(), ResumeMode::ResumeOrStart);
+        assert!(parse("maybe").unwrap_err().to_string().contains("resume-or-start"));
+        // Fresh serialises as before the mode existed, so old run fingerprints still match.
+        assert_eq!(serde_json::to_string(&ResumeMode::Fresh).unwrap(), "false");
+        assert_eq!(serde_json::to_string(&ResumeMode::ResumeOrStart).unwrap(), "\"resume-or-start\"");
     }
 }

@@ -17,7 +17,7 @@ pub mod optim;
 pub mod schedule;
 
 pub use init::init_model;
-pub use config::{TrainConfig, TrainDType, TrainOnly};
+pub use config::{ResumeMode, TrainConfig, TrainDType, TrainOnly};
 pub use error::{Result, TrainError};
 pub use moe_loss::LossConvention;
 pub use optim::{AdamW, AdamWConfig};

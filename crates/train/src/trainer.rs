@@ -18,8 +18,8 @@ use escale_formats::{Checkpoint, ModelConfig, WriterOptions};
 use escale_model::Model;
 use serde::Serialize;
 
-use crate::checkpoint::{self, TrainerState};
-use crate::config::TrainConfig;
+use crate::checkpoint::{self, ResumePoint, TrainerState};
+use crate::config::{ResumeMode, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::flops::training_flops_per_token;
 use crate::moe_loss::moe_losses;
@@ -100,7 +100,7 @@ struct Session {
 }
 
 /// Trains per `cfg`, reporting progress through `on_event`. With `cfg.resume`, continues from the
-/// latest complete checkpoint in `cfg.output` and reproduces the uninterrupted run exactly.
+/// newest valid checkpoint in `cfg.output` and reproduces the uninterrupted run exactly.
 pub fn train(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
     train_until(cfg, &AtomicBool::new(false), on_event)
 }
@@ -117,7 +117,7 @@ pub fn train_until(cfg: &TrainConfig, stop: &AtomicBool, on_event: &mut dyn FnMu
     escale_model::set_threads(cfg.threads);
     let base = Checkpoint::open(&cfg.model)?;
     check_fits_model(cfg, &base.config)?;
-    let mut s = setup(cfg, &base.config)?;
+    let mut s = setup(cfg, &base.config, on_event)?;
     let total_steps = cfg.total_steps()?;
     let tokens_per_step = cfg.tokens_per_step();
     let flops_per_token = training_flops_per_token(&s.model.config, cfg.seq_len);
@@ -324,20 +324,45 @@ fn open_dataset(prefix: &Path, vocab_size: usize, what: &str) -> Result<Arc<Inde
     Ok(Arc::new(ds))
 }
 
-/// Loads the model (fresh or from the latest checkpoint), data, optimizer and trainer state.
-fn setup(cfg: &TrainConfig, base: &ModelConfig) -> Result<Session> {
-    let device = Device::Cpu;
-    let existing = checkpoint::latest_checkpoint(&cfg.output)?;
-    let resume_dir = match (cfg.resume, existing) {
-        (true, found) => found.map(|(_, d)| d),
-        (false, Some((step, dir))) => {
-            return Err(TrainError::config(
+/// The checkpoint to continue from, per `cfg.resume`. Damaged newer checkpoints passed over,
+/// and checkpoints too old to carry checksums, are reported as warnings.
+fn resume_point(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Option<ResumePoint>> {
+    if cfg.resume == ResumeMode::Fresh {
+        return match checkpoint::latest_checkpoint(&cfg.output)? {
+            Some((step, dir)) => Err(TrainError::config(
                 "output",
                 format!("{} already holds checkpoints (latest: step {step}, {}); pass --resume to continue that run or choose another output", cfg.output.display(), dir.display()),
-            ))
-        }
-        (false, None) => None,
+            )),
+            None => Ok(None),
+        };
+    }
+    let Some(point) = checkpoint::find_resume_point(&cfg.output)? else {
+        return match cfg.resume {
+            ResumeMode::ResumeOrStart => Ok(None),
+            _ => Err(TrainError::config(
+                "resume",
+                format!(
+                    "{} holds no checkpoint to resume from; pass --resume-or-start to start from scratch when there is none",
+                    checkpoint::checkpoints_root(&cfg.output).display()
+                ),
+            )),
+        };
     };
+    for damaged in &point.skipped {
+        on_event(TrainEvent::Warning(&format!("{damaged}; falling back to {}", point.dir.display())));
+    }
+    if point.state.checksums.is_empty() {
+        let msg = format!("{} records no checksums (written by an older escale): resuming without verifying its files", point.dir.display());
+        on_event(TrainEvent::Warning(&msg));
+    }
+    Ok(Some(point))
+}
+
+/// Loads the model (fresh or from the resumed checkpoint), data, optimizer and trainer state.
+fn setup(cfg: &TrainConfig, base: &ModelConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Session> {
+    let device = Device::Cpu;
+    let resume = resume_point(cfg, on_event)?;
+    let resume_dir = resume.as_ref().map(|p| p.dir.clone());
     let model_fp = checkpoint::model_fingerprint(base);
     let run_fp = cfg.run_fingerprint();
     let model_src = resume_dir.as_deref().unwrap_or(&cfg.model);
@@ -356,9 +381,9 @@ fn setup(cfg: &TrainConfig, base: &ModelConfig) -> Result<Session> {
     let mut sampler = PackedSampler::new(train, sampler_cfg).map_err(|e| TrainError::data(&cfg.data, e.to_string()))?;
     let names: Vec<String> = trainable.iter().map(|(n, _)| n.clone()).collect();
 
-    let state = match &resume_dir {
-        Some(dir) => {
-            let st = checkpoint::read_state(dir)?;
+    let state = match resume {
+        Some(ResumePoint { dir, state: st, .. }) => {
+            let dir = dir.as_path();
             if st.model_fingerprint != model_fp {
                 return Err(TrainError::checkpoint(dir, format!("was written for another model than {}", cfg.model.display())));
             }
@@ -392,19 +417,22 @@ fn setup(cfg: &TrainConfig, base: &ModelConfig) -> Result<Session> {
             last_val_loss: None,
             nonfinite_in_row: 0,
             elapsed_s: 0.0,
+            checksums: Default::default(),
         },
     };
     Ok(Session { model, opt, trainable, sampler, valid, state, resumed_from: resume_dir })
 }
 
 /// Writes `<output>/checkpoints/step-N` atomically: weights (in f32, the training precision, so
-/// a resume starts from identical weights), trainer state and optimizer moments; then rotates.
+/// a resume starts from identical weights), optimizer moments, then the trainer state with the
+/// checksums of both tensor files (the writer fsyncs them all before the rename); then rotates.
 fn save_checkpoint(cfg: &TrainConfig, s: &Session) -> Result<PathBuf> {
     let dir = checkpoint::checkpoint_dir(&cfg.output, s.state.step);
     let options = WriterOptions { force: true, ..WriterOptions::default() };
     s.model.save(&dir, escale_formats::DType::F32, &options, Some(&cfg.model), |staging| {
-        checkpoint::write_state(staging, &s.state).map_err(escale_model::ModelError::other)?;
-        s.opt.save_state(&staging.join(checkpoint::OPTIMIZER_FILE)).map_err(escale_model::ModelError::other)
+        s.opt.save_state(&staging.join(checkpoint::OPTIMIZER_FILE)).map_err(escale_model::ModelError::other)?;
+        let state = TrainerState { checksums: checkpoint::tensor_file_checksums(staging).map_err(escale_model::ModelError::other)?, ..s.state.clone() };
+        checkpoint::write_state(staging, &state).map_err(escale_model::ModelError::other)
     })?;
     checkpoint::rotate_checkpoints(&cfg.output, cfg.keep_checkpoints)?;
     Ok(dir)

@@ -79,7 +79,7 @@ fn assert_exact_resume(config: serde_json::Value, stop: u64) {
     // Steps after the last checkpoint were logged but will be redone.
     assert_eq!(read_jsonl(&interrupted.output.join(TRAIN_LOG)).len() as u64, stop);
     interrupted.stop_after_step = None;
-    interrupted.resume = true;
+    interrupted.resume = escale_train::ResumeMode::Resume;
     let mut resumed_from = None;
     train(&interrupted, &mut |e| {
         if let TrainEvent::Started { start_step, .. } = e {
@@ -230,12 +230,12 @@ fn clear_errors_for_bad_inputs() {
     let mut other = tiny_llama_config();
     other["intermediate_size"] = serde_json::json!(24);
     let other = write_model(other, &dir.path().join("other"), 8);
-    let err = train(&TrainConfig { model: other, resume: true, steps: Some(4), ..base.clone() }, &mut quiet)
+    let err = train(&TrainConfig { model: other, resume: escale_train::ResumeMode::Resume, steps: Some(4), ..base.clone() }, &mut quiet)
         .unwrap_err()
         .to_string();
     assert!(err.contains("architecture") || err.contains("another model"), "{err}");
     // Same model, different hyper-parameters: not the same run.
-    let err = train(&TrainConfig { lr: 0.5, resume: true, ..base.clone() }, &mut quiet).unwrap_err().to_string();
+    let err = train(&TrainConfig { lr: 0.5, resume: escale_train::ResumeMode::Resume, ..base.clone() }, &mut quiet).unwrap_err().to_string();
     assert!(err.contains("different training settings"), "{err}");
 }
 

@@ -36,6 +36,20 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Flushes every regular file directly inside `dir` to disk, then `dir` itself: called on a
+/// staging folder before it is renamed into place, so files written there by any means (a
+/// library's own `save`, a plain copy) survive a power cut together with the rename.
+pub fn sync_folder_files(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
 /// Moves a finished temporary file onto `target`: fsync the file, rename, fsync the folder.
 pub fn commit_file(tmp: &Path, target: &Path) -> io::Result<()> {
     File::open(tmp)?.sync_all()?;

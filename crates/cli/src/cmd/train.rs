@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use escale_train::{LossConvention, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
+use escale_train::{LossConvention, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::flags::choice;
@@ -115,9 +115,13 @@ pub struct Args {
     /// Training precision (checkpoints are stored in the same precision).
     #[arg(long, value_enum, value_parser = choice::<TrainDType>(), default_value_t = default().dtype)]
     pub dtype: TrainDType,
-    /// Continue from the latest complete checkpoint in --output.
-    #[arg(long)]
+    /// Continue from the newest valid checkpoint in --output (a damaged newer one is skipped with
+    /// a warning); refused when there is none.
+    #[arg(long, conflicts_with = "resume_or_start")]
     pub resume: bool,
+    /// Like --resume, but start from scratch when --output holds no checkpoint yet.
+    #[arg(long)]
+    pub resume_or_start: bool,
     /// Debugging: stop after this step (checkpoints due at it are written), as if interrupted.
     #[arg(long, hide = true)]
     pub stop_after_step: Option<u64>,
@@ -166,7 +170,11 @@ fn build_config(a: Args, given: &ArgMatches) -> anyhow::Result<TrainConfig> {
     if a.stop_after_step.is_some() {
         c.stop_after_step = a.stop_after_step;
     }
-    c.resume |= a.resume;
+    if a.resume {
+        c.resume = ResumeMode::Resume;
+    } else if a.resume_or_start {
+        c.resume = ResumeMode::ResumeOrStart;
+    }
     c.progress_bar = !a.no_progress && std::io::stderr().is_terminal();
     Ok(c)
 }

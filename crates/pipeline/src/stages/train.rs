@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use escale_train::TrainConfig;
+use escale_train::{ResumeMode, TrainConfig};
 
 use super::Context;
 use crate::events::PipelineEvent;
@@ -36,7 +36,8 @@ pub fn train_and_measure(
                 data: ctx.run_path(&data.train),
                 valid: Some(ctx.run_path(&data.valid)),
                 output: dir.join("train"),
-                resume: true,
+                // A re-run cannot know whether the stage got to its first checkpoint.
+                resume: ResumeMode::ResumeOrStart,
                 progress_bar: ctx.progress,
                 ..t.clone()
             };
