@@ -167,7 +167,8 @@ fn bad_flags_and_config_values_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--batch"), "{}", text(&o));
     for tol in ["inf", "NaN", "-1"] {
-        let o = escale(&["verify", s, s, "--random", "16", "--expect", "exact", "--tol", tol]);
+        let tol_flag = format!("--tol={tol}");
+        let o = escale(&["verify", s, s, "--random", "16", "--expect", "exact", &tol_flag]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("--tol") && text(&o).contains("finite"), "{}", text(&o));
     }
