@@ -72,6 +72,41 @@ impl std::fmt::Display for ModelType {
     }
 }
 
+/// Largest sizes escale accepts, in configs and growth flags alike. They sit far above any
+/// published checkpoint (hidden 16384, FFN 53248, vocab 256k, 128 layers, 384 experts) and far
+/// below what would exhaust memory in the per-channel, per-layer and per-tensor plans.
+pub mod limits {
+    /// hidden, intermediate, vocab and head_dim sizes.
+    pub const MAX_WIDTH: usize = 1 << 22;
+    pub const MAX_HEADS: usize = 1 << 16;
+    pub const MAX_LAYERS: usize = 4096;
+    pub const MAX_EXPERTS: usize = 4096;
+    /// Stored parameters: 4.4 T (8.8 TB in bf16).
+    pub const MAX_PARAMS: u64 = 1 << 42;
+    /// Stored tensors (the growth plans hold one record each).
+    pub const MAX_TENSORS: u64 = 1 << 22;
+}
+
+/// A config value out of range: the field at fault and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeError {
+    /// The config.json key (or `<sizes>` for the totals).
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl SizeError {
+    fn new(field: &'static str, message: impl Into<String>) -> SizeError {
+        SizeError { field, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for SizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 /// Mixture-of-Experts settings (mixtral: `num_local_experts`; qwen2_moe: `num_experts` and friends).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct MoeConfig {
@@ -289,17 +324,6 @@ impl ModelConfig {
             }
         }
 
-        // Guard against absurd values before anything allocates per layer or per expert
-        // (a corrupt or hostile config must fail with a message, not exhaust memory).
-        for (field, value, max) in [
-            ("num_hidden_layers", req_usize(&raw, path, "num_hidden_layers")?, 4096usize),
-            ("num_experts", moe.as_ref().map_or(0, |m| m.num_experts), 65536),
-        ] {
-            if value > max {
-                return Err(FormatError::field(path, field, format!("{value} is not plausible (escale accepts at most {max})")));
-            }
-        }
-
         let cfg = ModelConfig {
             model_type,
             vocab_size: req_usize(&raw, path, "vocab_size")?,
@@ -325,7 +349,105 @@ impl ModelConfig {
             raw,
             source: path.to_path_buf(),
         };
+        cfg.check_values().map_err(|e| FormatError::field(path, e.field, e.message))?;
         Ok(cfg)
+    }
+
+    /// Checks the numeric fields whose nonsense values would otherwise surface later as a
+    /// misleading error or a silent NaN: a positive, finite `rms_norm_eps` and `rope_theta`,
+    /// positive `max_position_embeddings` and `vocab_size`, and every size within [`limits`].
+    pub fn check_values(&self) -> std::result::Result<(), SizeError> {
+        let positive_finite = [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)];
+        for (field, value) in positive_finite {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(SizeError::new(field, format!("{value} must be a positive finite number")));
+            }
+        }
+        if !self.initializer_range.is_finite() || self.initializer_range < 0.0 {
+            let message = format!("{} must be a finite number >= 0", self.initializer_range);
+            return Err(SizeError::new("initializer_range", message));
+        }
+        for (field, value) in [("max_position_embeddings", self.max_position_embeddings), ("vocab_size", self.vocab_size)] {
+            if value == 0 {
+                return Err(SizeError::new(field, "must be at least 1"));
+            }
+        }
+        self.check_sizes()
+    }
+
+    /// Bounds every size (see [`limits`]) and the total parameter and tensor counts, with checked
+    /// arithmetic, so that nothing downstream allocates per layer, per expert or per channel for
+    /// an absurd config (a corrupt file, or a growth target typed with one digit too many).
+    pub fn check_sizes(&self) -> std::result::Result<(), SizeError> {
+        use limits::*;
+        let moe = self.moe.as_ref();
+        let bounded = [
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_experts", moe.map_or(0, |m| m.num_experts), MAX_EXPERTS),
+            ("expert_intermediate_size", moe.map_or(0, |m| m.expert_intermediate_size), MAX_WIDTH),
+            ("shared_expert_intermediate_size", moe.map_or(0, |m| m.shared_expert_intermediate_size), MAX_WIDTH),
+        ];
+        for (field, value, max) in bounded {
+            if value > max {
+                return Err(SizeError::new(field, format!("{value} is not plausible (escale accepts at most {max})")));
+            }
+        }
+        let too_big = |what: &str| SizeError::new("<sizes>", format!("the model's {what} overflows"));
+        let params = self.param_upper_bound().ok_or_else(|| too_big("parameter count"))?;
+        if params > MAX_PARAMS {
+            return Err(SizeError::new(
+                "<sizes>",
+                format!("{params} parameters is not plausible (escale accepts at most {MAX_PARAMS})"),
+            ));
+        }
+        let tensors = self.tensor_upper_bound().ok_or_else(|| too_big("tensor count"))?;
+        if tensors > MAX_TENSORS {
+            return Err(SizeError::new(
+                "<sizes>",
+                format!("{tensors} tensors is not plausible (escale accepts at most {MAX_TENSORS}); fewer layers or experts"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An upper bound on the stored parameters (biases and norms over-counted), in checked
+    /// arithmetic: `None` when it does not fit in a u64.
+    fn param_upper_bound(&self) -> Option<u64> {
+        let u = |v: usize| v as u64;
+        let (h, hd) = (u(self.hidden_size), u(self.head_dim));
+        let q_width = u(self.num_attention_heads).checked_mul(hd)?;
+        let kv_width = u(self.num_key_value_heads).checked_mul(hd)?;
+        // q, k, v, o and their biases, two norms.
+        let attention = h.checked_add(1)?.checked_mul(q_width.checked_mul(2)?.checked_add(kv_width.checked_mul(2)?)?)?;
+        let norms = h.checked_mul(2)?;
+        let mlp = |ffn: u64| h.checked_add(1)?.checked_mul(ffn.checked_mul(3)?);
+        let ffn = match &self.moe {
+            None => mlp(u(self.intermediate_size))?,
+            Some(m) => {
+                let experts = mlp(u(m.expert_intermediate_size))?.checked_mul(u(m.num_experts))?;
+                let router = h.checked_mul(u(m.num_experts).checked_add(1)?)?;
+                let dense = mlp(u(self.intermediate_size))?;
+                let shared = mlp(u(m.shared_expert_intermediate_size))?;
+                experts.checked_add(router)?.checked_add(dense.max(shared))?
+            }
+        };
+        let per_layer = attention.checked_add(norms)?.checked_add(ffn)?;
+        let layers = per_layer.checked_mul(u(self.num_hidden_layers))?;
+        let embeddings = u(self.vocab_size).checked_mul(h)?.checked_mul(2)?;
+        layers.checked_add(embeddings)?.checked_add(h)
+    }
+
+    /// An upper bound on the number of stored tensors.
+    fn tensor_upper_bound(&self) -> Option<u64> {
+        let experts = self.moe.as_ref().map_or(0, |m| m.num_experts as u64);
+        // 15 per layer covers attention with biases, norms, router, dense or shared MLP and gates.
+        let per_layer = experts.checked_mul(3)?.checked_add(15)?;
+        per_layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(3)
     }
 
     /// Where this config was read from (for error messages).
@@ -543,6 +665,43 @@ mod tests {
         v["vocab_size"] = "many".into();
         let err = ModelConfig::from_json(v, Path::new("c.json")).unwrap_err().to_string();
         assert!(err.contains("vocab_size"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_naming_the_field() {
+        let cases = [
+            ("rms_norm_eps", json!(-1)),
+            ("rms_norm_eps", json!(0)),
+            ("max_position_embeddings", json!(0)),
+            ("rope_theta", json!(0)),
+            ("num_hidden_layers", json!(99999999999u64)),
+            ("hidden_size", json!(u64::MAX)),
+            ("vocab_size", json!(0)),
+        ];
+        for (field, value) in cases {
+            let mut v = llama();
+            v[field] = value.clone();
+            if field == "hidden_size" {
+                v["head_dim"] = 8.into();
+            }
+            let err = ModelConfig::from_json(v, Path::new("m/config.json")).unwrap_err().to_string();
+            assert!(err.contains("m/config.json") && err.contains(field), "{field}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded_with_checked_totals() {
+        let mut cfg = ModelConfig::from_json(llama(), Path::new("c.json")).unwrap();
+        assert_eq!(cfg.check_sizes(), Ok(()));
+        cfg.num_hidden_layers = limits::MAX_LAYERS + 1;
+        assert_eq!(cfg.check_sizes().unwrap_err().field, "num_hidden_layers");
+        cfg.num_hidden_layers = limits::MAX_LAYERS;
+        cfg.hidden_size = limits::MAX_WIDTH;
+        cfg.intermediate_size = limits::MAX_WIDTH;
+        let err = cfg.check_sizes().unwrap_err();
+        assert!(err.message.contains("parameters is not plausible"), "{err}");
+        cfg.hidden_size = usize::MAX;
+        assert_eq!(cfg.check_sizes().unwrap_err().field, "hidden_size");
     }
 
     #[test]

@@ -101,6 +101,18 @@ pub fn decode_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Counts the NaN and the infinite values among little-endian stored values, without decoding
+/// into a buffer (a scan of every weight must not double the memory it touches).
+pub fn count_non_finite(dtype: DType, bytes: &[u8]) -> (u64, u64) {
+    let classify = |v: f32| (v.is_nan() as u64, v.is_infinite() as u64);
+    let sum = |it: &mut dyn Iterator<Item = (u64, u64)>| it.fold((0, 0), |(n, i), (a, b)| (n + a, i + b));
+    match dtype {
+        DType::F32 => sum(&mut bytes.chunks_exact(4).map(|c| classify(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))),
+        DType::F16 => sum(&mut bytes.chunks_exact(2).map(|c| classify(half::f16::from_le_bytes([c[0], c[1]]).to_f32()))),
+        DType::BF16 => sum(&mut bytes.chunks_exact(2).map(|c| classify(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()))),
+    }
+}
+
 /// Encodes f32 values into the storage dtype, rounding once (round-to-nearest-even).
 pub fn encode_from_f32(dtype: DType, values: &[f32], out: &mut Vec<u8>) {
     out.clear();

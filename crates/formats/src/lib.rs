@@ -21,7 +21,7 @@ pub use config::{ModelConfig, ModelType, MoeConfig};
 pub use dtype::DType;
 pub use error::{FormatError, Result};
 pub use naming::{expected_params, hf_name, param_counts, parse_hf_name, LayerParam, MlpPart, MlpSite, Param, ParamCounts};
-pub use reader::{Checkpoint, TensorInfo};
+pub use reader::{Checkpoint, NonFinite, TensorInfo, WeightChecks};
 pub use writer::{rewrite_checkpoint, CheckpointWriter, TensorSpec, WriterOptions};
 
 /// Files copied from a source model folder to a derived one (tokenizer and generation settings).

@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use crate::config::ModelConfig;
-use crate::dtype::{decode_to_f32, DType};
+use crate::dtype::{count_non_finite, decode_to_f32, DType};
 use crate::error::{FormatError, Result};
 use crate::naming::{expected_params, hf_name, Param};
 
@@ -46,6 +46,40 @@ impl TensorInfo {
 struct Shard {
     path: PathBuf,
     mmap: Mmap,
+}
+
+/// The NaN and infinite values of one tensor.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NonFinite {
+    pub name: String,
+    pub nan: u64,
+    pub inf: u64,
+}
+
+/// What a command that consumes weights tolerates (`--allow-nan`, `--ignore-unknown`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightChecks {
+    /// Accept NaN / Inf weights (a warning is returned instead of an error).
+    pub allow_nan: bool,
+    /// Accept tensors the config does not declare (they are left out, with a warning).
+    pub ignore_unknown: bool,
+}
+
+/// Tensors that carry no parameter and that transformers itself drops on load (old LLaMA
+/// checkpoints store the rotary `inv_freq` buffer).
+fn is_ignorable_buffer(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+}
+
+/// At most this many tensor names are listed in one message.
+const NAMES_LISTED: usize = 5;
+
+fn name_list(names: &[String]) -> String {
+    let mut list = names.iter().take(NAMES_LISTED).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > NAMES_LISTED {
+        list.push_str(&format!(" and {} more", names.len() - NAMES_LISTED));
+    }
+    list
 }
 
 /// An opened, validated HF model folder.
@@ -282,6 +316,71 @@ impl Checkpoint {
         let name = self.name_of(param);
         let shape = self.require(&name)?.shape.clone();
         Ok((self.read_f32(&name)?, shape))
+    }
+
+    /// Tensors the config does not declare (a bias it has no flag for, a layer beyond
+    /// `num_hidden_layers`): consumers that build the model from the config would drop them.
+    /// A stored `lm_head.weight` next to tied embeddings counts as known.
+    pub fn unknown_tensors(&self) -> Vec<String> {
+        let known: std::collections::HashSet<String> =
+            expected_params(&self.config).into_iter().map(|(p, _)| hf_name(self.config.model_type, p)).collect();
+        self.tensors
+            .iter()
+            .map(|t| &t.name)
+            .filter(|n| !known.contains(*n) && !is_ignorable_buffer(n))
+            .filter(|n| !(self.config.tie_word_embeddings && n.as_str() == "lm_head.weight"))
+            .cloned()
+            .collect()
+    }
+
+    /// Every tensor holding NaN or infinite values, with their counts (reads every weight once).
+    pub fn non_finite(&self) -> Vec<NonFinite> {
+        self.tensors
+            .iter()
+            .filter_map(|t| {
+                let (nan, inf) = count_non_finite(t.dtype, &self.shards[t.shard].mmap[t.start..t.end]);
+                (nan + inf > 0).then(|| NonFinite { name: t.name.clone(), nan, inf })
+            })
+            .collect()
+    }
+
+    /// Refuses unknown tensors and non-finite weights unless `checks` tolerates them; what it
+    /// tolerates comes back as warnings for the caller to print.
+    pub fn check_weights(&self, checks: WeightChecks) -> Result<Vec<String>> {
+        let mut warnings: Vec<String> = self.check_unknown(checks.ignore_unknown)?.into_iter().collect();
+        warnings.extend(self.check_finite(checks.allow_nan)?);
+        Ok(warnings)
+    }
+
+    /// Refuses tensors the config does not declare, or with `ignore` returns the warning to print.
+    pub fn check_unknown(&self, ignore: bool) -> Result<Option<String>> {
+        let unknown = self.unknown_tensors();
+        if !unknown.is_empty() {
+            let message = format!(
+                "{} tensor(s) not declared by its {CONFIG_FILE}: {} (they would be dropped)",
+                unknown.len(),
+                name_list(&unknown)
+            );
+            if !ignore {
+                return Err(FormatError::Other { path: self.dir.clone(), message: format!("{message}; pass --ignore-unknown to drop them") });
+            }
+            return Ok(Some(format!("warning: {}: {message}", self.dir.display())));
+        }
+        Ok(None)
+    }
+
+    /// Refuses NaN / Inf weights (naming the tensors), or with `allow` returns the warning to print.
+    pub fn check_finite(&self, allow: bool) -> Result<Option<String>> {
+        let bad = self.non_finite();
+        if !bad.is_empty() {
+            let names: Vec<String> = bad.iter().map(|b| format!("{} ({} NaN, {} Inf)", b.name, b.nan, b.inf)).collect();
+            let message = format!("{} tensor(s) hold non-finite weights: {}", bad.len(), name_list(&names).replace('`', ""));
+            if !allow {
+                return Err(FormatError::Other { path: self.dir.clone(), message: format!("{message}; pass --allow-nan to use them anyway") });
+            }
+            return Ok(Some(format!("warning: {}: {message}", self.dir.display())));
+        }
+        Ok(None)
     }
 
     /// Distinct storage dtypes with their tensor counts.

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::naming::{param_counts, ParamCounts};
-use crate::reader::Checkpoint;
+use crate::reader::{Checkpoint, NonFinite};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ShardSummary {
@@ -56,6 +56,10 @@ pub struct ModelSummary {
     pub load_bytes_stored: u64,
     pub load_bytes_f32: u64,
     pub shards: Vec<ShardSummary>,
+    /// Tensors holding NaN or Inf values, with their counts (empty for a healthy model).
+    pub non_finite: Vec<NonFinite>,
+    /// Tensors the config does not declare (a model built from the config drops them).
+    pub unknown_tensors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<TensorSummary>>,
 }
@@ -121,6 +125,8 @@ pub fn summarize(ckpt: &Checkpoint, with_tensors: bool) -> ModelSummary {
         load_bytes_stored: stored,
         load_bytes_f32: numel * 4,
         shards,
+        non_finite: ckpt.non_finite(),
+        unknown_tensors: ckpt.unknown_tensors(),
         tensors,
     }
 }
@@ -210,6 +216,12 @@ impl ModelSummary {
         );
         for sh in &self.shards {
             let _ = writeln!(s, "    {}  {}  {} tensors", sh.file, human_bytes(sh.bytes), sh.tensors);
+        }
+        for b in &self.non_finite {
+            let _ = writeln!(s, "  NON-FINITE: {}  {} NaN, {} Inf", b.name, b.nan, b.inf);
+        }
+        for name in &self.unknown_tensors {
+            let _ = writeln!(s, "  UNKNOWN (not declared by config.json, dropped on load): {name}");
         }
         if let Some(ts) = &self.tensors {
             let width = ts.iter().map(|t| t.name.len()).max().unwrap_or(0);

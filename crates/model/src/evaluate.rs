@@ -56,13 +56,16 @@ impl<'m> Evaluator<'m> {
         if window < 2 {
             return Err(ModelError::input("the window must hold at least 2 tokens"));
         }
+        if batch == 0 {
+            return Err(ModelError::input("the batch must hold at least 1 window"));
+        }
         let window = window.min(model.config.max_position_embeddings);
         let n_moe = (0..model.config.num_hidden_layers).filter(|&l| model.config.is_moe_layer(l)).count();
         let e = model.config.moe.as_ref().map_or(0, |m| m.num_experts);
         Ok(Evaluator {
             model,
             window,
-            batch: batch.max(1),
+            batch,
             nll_sum: 0.0,
             tokens: 0,
             windows: 0,

@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use escale_formats::naming::{expected_params, hf_name, LayerParam, MlpPart, MlpSite, Param};
 use escale_formats::writer::TensorSpec;
-use escale_formats::{Checkpoint, CheckpointWriter, ModelConfig, ModelType, WriterOptions};
+use escale_formats::{Checkpoint, CheckpointWriter, ModelConfig, ModelType, WeightChecks, WriterOptions};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use serde_json::Value;
@@ -252,7 +252,22 @@ impl Model {
 
     /// Loads an opened checkpoint; bf16/f16 tensors are upcast (exactly) to the compute `dtype`
     /// (F32 or F64).
+    /// Tensors the config does not declare are refused rather than silently dropped (use
+    /// [`Model::load_with`] to drop them on purpose).
     pub fn load(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Model> {
+        ckpt.check_unknown(false)?;
+        Model::assemble_from(ckpt, device, dtype)
+    }
+
+    /// Loads after the checks a command asked for (`--allow-nan`, `--ignore-unknown`): refuses
+    /// non-finite weights and unknown tensors unless tolerated, and returns the warnings about
+    /// what was tolerated, for the caller to print.
+    pub fn load_with(ckpt: &Checkpoint, device: &Device, dtype: DType, checks: WeightChecks) -> Result<(Model, Vec<String>)> {
+        let warnings = ckpt.check_weights(checks)?;
+        Ok((Model::assemble_from(ckpt, device, dtype)?, warnings))
+    }
+
+    fn assemble_from(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Model> {
         Model::assemble(&ckpt.config, device, dtype, |p, shape| {
             let (data, _) = ckpt.read_param_f32(p)?;
             Ok(Tensor::from_vec(data, shape, device)?)

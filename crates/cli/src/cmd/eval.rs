@@ -8,7 +8,7 @@ use escale_data::TextTokenizer;
 use escale_model::evaluate::Evaluator;
 use escale_model::{text, Precision};
 
-use super::verify::load_model;
+use super::verify::{load_model_with, WeightArgs};
 use crate::flags::choice;
 
 #[derive(clap::Args)]
@@ -22,9 +22,9 @@ pub struct Args {
     /// overlap by one token so every token after the first is predicted once.
     #[arg(long)]
     pub window: Option<usize>,
-    /// Windows per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    /// Windows per forward pass (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
     /// Stop after this many tokens (0: the whole file).
     #[arg(long, default_value_t = 0)]
     pub max_tokens: usize,
@@ -34,16 +34,18 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub weights: WeightArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = load_model(&args.model, args.dtype.candle())?;
+    let model = load_model_with(&args.model, args.dtype.candle(), args.weights.checks())?;
     let tok = TextTokenizer::from_file(&args.model)?;
     let window = args.window.unwrap_or(model.config.max_position_embeddings);
     if window < 2 {
         bail!("--window must be at least 2");
     }
-    let mut ev = Evaluator::new(&model, window, args.batch)?;
+    let mut ev = Evaluator::new(&model, window, args.batch as usize)?;
     let mut stream = text::TokenStream::open(&tok, &args.text)?;
     let mut seen = 0usize;
     while let Some(mut ids) = stream.next_chunk().with_context(|| format!("reading {}", args.text.display()))? {

@@ -7,7 +7,7 @@ use escale_formats::writer::WriterOptions;
 use escale_grow::scale_out::{execute, MoeFormat, RouterInit, ScaleOutOptions, ScaleOutPlan, UpcycleReport};
 
 use crate::flags::choice;
-use super::scale_up::{open_source, print_verdict, report_stored_drift, WriteArgs};
+use super::scale_up::{check_source_weights, open_source, print_verdict, report_stored_drift, WriteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -70,6 +70,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub weights: super::verify::WeightArgs,
 }
 
 impl Args {
@@ -97,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
     let plan = ScaleOutPlan::new(&src.config, &args.options())
         .with_context(|| format!("planning the scale-out of {}", args.source.display()))?;
+    check_source_weights(&src, args.weights, args.dry_run)?;
     print_plan(&plan);
     if args.dry_run {
         return Ok(());

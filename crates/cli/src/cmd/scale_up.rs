@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use escale_formats::writer::check_output;
 use escale_util::size::ByteSize;
-use escale_formats::{Checkpoint, DType, ModelConfig};
+use escale_formats::{Checkpoint, DType, ModelConfig, WeightChecks};
 use escale_grow::Exactness;
 use escale_model::evaluate::compare_models;
 use rand::{Rng, SeedableRng};
 use crate::flags::choice;
+use super::verify::{print_warnings, WeightArgs};
 use escale_grow::scale_up::{
     execute, AkiConsumerSource, AkiScope, DepthMethod, ExecOptions, Fanout, MapKind, Method, Preset, ScaleUpOptions,
     ScaleUpPlan, ScaleUpReport, Target, TargetDims,
@@ -89,6 +90,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub weights: WeightArgs,
 }
 
 /// How a growth command writes its output (shared by scale-up and scale-out).
@@ -174,11 +177,25 @@ pub(super) fn open_source(source: &Path, output: &Path, force: bool, dry_run: bo
     Checkpoint::open(source).with_context(|| format!("opening {}", source.display()))
 }
 
+/// Refuses a growth source whose weights would be silently dropped (tensors its config does not
+/// declare) or copied as NaN / Inf, unless the flags tolerate them. A dry run reads no weights,
+/// so it skips the non-finite scan.
+pub(super) fn check_source_weights(src: &Checkpoint, weights: WeightArgs, dry_run: bool) -> anyhow::Result<()> {
+    let mut warnings: Vec<String> = src.check_unknown(weights.ignore_unknown)?.into_iter().collect();
+    if !dry_run {
+        warnings.extend(src.check_finite(weights.allow_nan)?);
+    }
+    print_warnings(&warnings);
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let src = open_source(&args.source, &args.output, args.write.force, args.dry_run)?;
     let target = args.target()?;
     let plan = ScaleUpPlan::new(&src.config, &target, &args.options(&src.config))
         .with_context(|| format!("planning the scale-up of {}", args.source.display()))?;
+    check_source_weights(&src, args.weights, args.dry_run)?;
+    print_warnings(&plan.warnings);
     print_plan(&plan);
     if args.dry_run {
         return Ok(());
@@ -252,8 +269,13 @@ pub(super) fn report_stored_drift(e: &Exactness, source: &Path, grown: &Path) ->
         out!("  stored-dtype drift not measured (the grown model is larger than {} GB); `--dtype f32` keeps it exact", DRIFT_CHECK_MAX_BYTES >> 30);
         return Ok(());
     }
-    let reference = super::verify::load_model(source, candle_core::DType::F32)?;
-    let candidate = super::verify::load_model(grown, candle_core::DType::F32)?;
+    // The source passed its checks (or the user tolerated what they found) before the growth.
+    let tolerate = WeightChecks { allow_nan: true, ignore_unknown: true };
+    let load = |dir: &Path| -> anyhow::Result<escale_model::Model> {
+        let ckpt = Checkpoint::open(dir)?;
+        Ok(escale_model::Model::load_with(&ckpt, &candle_core::Device::Cpu, candle_core::DType::F32, tolerate)?.0)
+    };
+    let (reference, candidate) = (load(source)?, load(grown)?);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let vocab = reference.config.vocab_size as u32;
     let window = DRIFT_SEQUENCE_LEN.min(reference.config.max_position_embeddings);

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use escale_data::TextTokenizer;
 use escale_model::evaluate::{compare_models, VerifyReport};
+use escale_formats::{Checkpoint, WeightChecks};
 use escale_model::{text, Model, Precision};
 use rand::{Rng, SeedableRng};
 
@@ -45,8 +46,8 @@ pub struct Args {
     /// `exact` makes the command fail when the candidate's logits differ by more than --tol.
     #[arg(long, value_enum, default_value_t = Expect::Report)]
     pub expect: Expect,
-    /// Allowed max |delta logit| under `--expect exact` (0: bitwise equality).
-    #[arg(long, default_value_t = 0.0)]
+    /// Allowed max |delta logit| under `--expect exact` (0: bitwise equality); finite, >= 0.
+    #[arg(long, default_value_t = 0.0, value_parser = finite_tolerance)]
     pub tol: f64,
     /// Compute precision (f64 separates real differences from f32 rounding).
     #[arg(long, value_enum, value_parser = choice::<Precision>(), default_value_t = Precision::default())]
@@ -54,6 +55,49 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub weights: WeightArgs,
+}
+
+/// What a command that reads weights tolerates (shared by eval, verify, scale-up and scale-out).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WeightArgs {
+    /// Use weights holding NaN or Inf values (with a warning naming the tensors) instead of refusing.
+    #[arg(long)]
+    pub allow_nan: bool,
+    /// Drop tensors the config does not declare (with a warning naming them) instead of refusing.
+    #[arg(long)]
+    pub ignore_unknown: bool,
+}
+
+impl WeightArgs {
+    pub fn checks(self) -> WeightChecks {
+        WeightChecks { allow_nan: self.allow_nan, ignore_unknown: self.ignore_unknown }
+    }
+}
+
+/// `--tol`: an infinite or NaN tolerance would pass any candidate, NaN logits included.
+fn finite_tolerance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a finite number >= 0 (an infinite tolerance would pass any model)")),
+    }
+}
+
+/// Prints the warnings of a tolerated check, one per line.
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("{w}");
+    }
+}
+
+/// Loads a model after the weight checks of `checks` (non-finite weights, unknown tensors).
+pub fn load_model_with(dir: &Path, dtype: DType, checks: WeightChecks) -> anyhow::Result<Model> {
+    let ckpt = Checkpoint::open(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let (model, warnings) =
+        Model::load_with(&ckpt, &Device::Cpu, dtype, checks).with_context(|| format!("loading model {}", dir.display()))?;
+    print_warnings(&warnings);
+    Ok(model)
 }
 
 pub fn load_model(dir: &Path, dtype: DType) -> anyhow::Result<Model> {
@@ -89,8 +133,8 @@ fn print_text(r: &VerifyReport, args: &Args) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reference = load_model(&args.reference, args.dtype.candle())?;
-    let candidate = load_model(&args.candidate, args.dtype.candle())?;
+    let reference = load_model_with(&args.reference, args.dtype.candle(), args.weights.checks())?;
+    let candidate = load_model_with(&args.candidate, args.dtype.candle(), args.weights.checks())?;
     if reference.config.vocab_size != candidate.config.vocab_size {
         bail!(
             "vocab sizes differ: reference {} has {}, candidate {} has {}; logits cannot be compared",

@@ -107,6 +107,10 @@ fn check_sizes(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
     if o.experts == 0 {
         return Err(ScaleOutError::option("--experts", "must be at least 1"));
     }
+    let max_experts = escale_formats::config::limits::MAX_EXPERTS;
+    if o.experts > max_experts {
+        return Err(ScaleOutError::option("--experts", format!("{} is not plausible (escale accepts at most {max_experts})", o.experts)));
+    }
     if o.top_k == 0 || o.top_k > o.experts {
         return Err(ScaleOutError::option(
             "--top-k",
@@ -176,7 +180,7 @@ impl ScaleOutPlan {
             SharedExpert::Absent => (0, 1.0),
             SharedExpert::Neutral => (1, 1.0),
             // sigmoid(0)·S + α·MLP with S = MLP: α = ½.
-            SharedExpert::Live { shards } => (shards * expert_ffn, 0.5),
+            SharedExpert::Live { shards } => (shards.saturating_mul(expert_ffn), 0.5),
         };
         let mut plan = ScaleOutPlan {
             options: options.clone(),
@@ -193,6 +197,11 @@ impl ScaleOutPlan {
             tensors: Vec::new(),
         };
         plan.config = output_config(source, &plan);
+        // Bound the output (experts x layers x FFN) before listing a rule per tensor.
+        plan.config.check_sizes().map_err(|e| {
+            let flag = if e.field == "shared_expert_intermediate_size" { "--shared-experts" } else { "--experts" };
+            ScaleOutError::option(flag, format!("the output's {}: {}", e.field, e.message))
+        })?;
         plan.judge_exactness(source);
         plan.tensors = plan_tensors(source, &plan);
         Ok(plan)

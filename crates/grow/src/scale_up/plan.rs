@@ -86,6 +86,8 @@ pub struct ScaleUpPlan {
     pub exactness: Exactness,
     /// Output tensors in transformers `state_dict` order.
     pub tensors: Vec<OutputTensor>,
+    /// Things the user must hear about the output (e.g. a shape transformers will not load).
+    pub warnings: Vec<String>,
 }
 
 fn invalid(context: &Path, message: impl Into<String>) -> ScaleUpError {
@@ -108,6 +110,7 @@ impl ScaleUpPlan {
         check_source(source)?;
         let dims = target_dims(source, target)?;
         check_growth(source, dims)?;
+        check_target_sizes(source, dims)?;
         check_options(source, dims, options)?;
 
         let seed = options.seed;
@@ -137,7 +140,8 @@ impl ScaleUpPlan {
             exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
         }
         let tensors = output_tensors(&cfg, &depth);
-        Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors })
+        let warnings = target_warnings(source, dims);
+        Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors, warnings })
     }
 
     /// Number of new units per kind, for summaries.
@@ -278,6 +282,43 @@ fn check_growth(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
         ));
     }
     Ok(())
+}
+
+/// Bounds the target before any map or tensor list is allocated for it (an absurd `--layers` or
+/// `--hidden` must be an instant error, not an allocation failure).
+fn check_target_sizes(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
+    let mut target = source.clone();
+    target.hidden_size = d.hidden;
+    target.intermediate_size = d.ffn;
+    target.num_attention_heads = d.heads;
+    target.num_hidden_layers = d.layers;
+    target.check_sizes().map_err(|e| {
+        let flag = match e.field {
+            "hidden_size" => " (--hidden)",
+            "intermediate_size" => " (--intermediate)",
+            "num_attention_heads" => " (--heads)",
+            "num_hidden_layers" => " (--layers)",
+            _ => "",
+        };
+        invalid(source.source(), format!("target {}{flag}: {}", e.field, e.message))
+    })?;
+    Ok(())
+}
+
+/// What the user must hear about the output config. transformers 5's LlamaConfig refuses
+/// `hidden_size % num_attention_heads != 0` even with an explicit `head_dim` (checked with the
+/// oracle, transformers 5.24); mistral and qwen2 accept the explicit `head_dim` that
+/// `ModelConfig::to_json` writes once the width changes, so they need no warning.
+fn target_warnings(source: &ModelConfig, d: Dims) -> Vec<String> {
+    if source.model_type == escale_formats::ModelType::Llama && d.hidden % d.heads != 0 {
+        return vec![format!(
+            "warning: target hidden_size {} is not a multiple of num_attention_heads {}: escale writes head_dim {} \
+             explicitly and loads the result, but transformers refuses such a llama config (pick a hidden size \
+             that is a multiple of the head count for a checkpoint transformers loads)",
+            d.hidden, d.heads, source.head_dim
+        )];
+    }
+    Vec::new()
 }
 
 fn check_options(source: &ModelConfig, d: Dims, o: &ScaleUpOptions) -> Result<(), ScaleUpError> {
