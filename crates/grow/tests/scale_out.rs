@@ -550,6 +550,8 @@ fn bad_input_is_refused_with_clear_messages_and_no_output() {
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     assert_refused(&llama, &out, &opts(2, 1), &["exists"]);
     assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    // --force replaces only what escale wrote (issue 13): mark the folder as an escale output.
+    escale_util::output::mark_output(&out).unwrap();
     let forced = WriterOptions { force: true, ..WriterOptions::default() };
     upcycle(&llama, &out, &opts(2, 1), &forced, &|_, _| {}).unwrap();
     assert!(!out.join("keep.txt").exists() && out.join("config.json").is_file());

@@ -185,6 +185,8 @@ fn existing_output_needs_force() {
     let err = scale_up(&src, &out, &dims(32, 24, 4, 3), &fpi(), &ExecOptions::default(), None).unwrap_err().to_string();
     assert!(err.contains("--force"), "{err}");
     assert!(out.join("keep.txt").exists());
+    // --force replaces only what escale wrote (issue 13): mark the folder as an escale output.
+    escale_util::output::mark_output(&out).unwrap();
     let exec = ExecOptions { force: true, ..Default::default() };
     scale_up(&src, &out, &dims(32, 24, 4, 3), &fpi(), &exec, None).unwrap();
     assert!(!out.join("keep.txt").exists() && out.join("config.json").exists());
