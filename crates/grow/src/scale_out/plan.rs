@@ -1,9 +1,6 @@
 //! The scale-out plan: validation, the output config, a rule for every output tensor and the
 //! exactness verdict, all computed from the source config and the options alone.
 
-// `x % n != 0` rather than `is_multiple_of`: the workspace promises Rust 1.85, which lacks it.
-#![allow(clippy::manual_is_multiple_of)]
-
 use escale_formats::naming::{expected_params, hf_name};
 use escale_formats::{LayerParam, MlpPart, MlpSite, ModelConfig, ModelType, MoeConfig, Param};
 

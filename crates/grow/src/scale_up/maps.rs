@@ -3,9 +3,6 @@
 //! Everything here is a pure function of sizes (and a seed for the random variants), so the maps
 //! can be computed, tested and written to the manifest without touching any weights.
 
-// `x % n != 0` rather than `is_multiple_of`: the workspace promises Rust 1.85, which lacks it.
-#![allow(clippy::manual_is_multiple_of)]
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};

@@ -2,9 +2,6 @@
 //! (maps, scales, the output config, the list of output tensors and the exactness verdict),
 //! computed before any weight is read. Executing it is [`super::execute`].
 
-// `x % n != 0` rather than `is_multiple_of`: the workspace promises Rust 1.85, which lacks it.
-#![allow(clippy::manual_is_multiple_of)]
-
 use std::path::Path;
 
 use escale_formats::naming::{expected_params, hf_name, LayerParam, Param};
