@@ -2,19 +2,12 @@
 //! and undeclared tensors are refused (naming the tensor) unless tolerated, bad config values and
 //! flags are refused. Skipped when shared/ is absent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn stories() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/models/stories260K");
-    if dir.join("config.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: {} not found (shared test data absent)", dir.display());
-        None
-    }
-}
+mod common;
+use common::{copy_model, stories};
 
 fn escale(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
@@ -25,13 +18,6 @@ fn text(o: &Output) -> String {
 }
 
 /// A copy of stories260K's config and weights in a scratch folder, to be edited.
-fn copy_model(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-}
-
 /// Rewrites `model.safetensors` of `dir` through `edit` (name -> f32 values, shape).
 fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<f32>, Vec<usize>)>)) {
     let ckpt = escale_formats::Checkpoint::open_weights(dir, escale_formats::ModelConfig::from_file(&dir.join("config.json")).unwrap()).unwrap();

@@ -1,21 +1,14 @@
 //! Issue 13's reproductions: `--force` never removes what escale did not write or what it reads,
 //! output folders are locked against a second writer, and nothing is left behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use escale_util::lock::OutputLock;
 use escale_util::output::{mark_output, OUTPUT_MARKER};
 
-fn stories() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/models/stories260K");
-    if dir.join("config.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: {} not found (shared test data absent)", dir.display());
-        None
-    }
-}
+mod common;
+use common::{copy_model, stories};
 
 fn escale(args: &[&Path]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
@@ -30,13 +23,6 @@ fn stderr(o: &Output) -> String {
 }
 
 /// A copy of the model's weights and config (the source a user would grow).
-fn copy_model(src: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(src.join(f), to.join(f)).unwrap();
-    }
-}
-
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
