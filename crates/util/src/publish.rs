@@ -22,10 +22,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// A hidden sibling of `target` for a temporary (`tag` = "tmp") or moved-aside ("old") copy:
 /// `DIR/.NAME.escale-TAG-PID`.
 pub fn temp_path(target: &Path, tag: &str) -> io::Result<PathBuf> {
-    let name = target.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file or folder name", target.display()))
-    })?;
-    Ok(parent_dir(target).join(format!(".{}.escale-{tag}-{}", name.to_string_lossy(), std::process::id())))
+    Ok(parent_dir(target).join(format!(".{}.escale-{tag}-{}", file_name(target)?, std::process::id())))
 }
 
 /// Flushes a folder's entries (a rename into it) to disk. Best effort: not every filesystem
@@ -66,10 +63,8 @@ pub fn write_atomic_with<T>(target: &Path, fill: impl FnOnce(&mut BufWriter<File
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         let value = fill(&mut w)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, target)?;
-        sync_dir(parent_dir(target));
+        drop(w.into_inner().map_err(|e| e.into_error())?);
+        commit_file(&tmp, target)?;
         Ok(value)
     })();
     if result.is_err() {
