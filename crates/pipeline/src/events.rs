@@ -8,6 +8,7 @@ use escale_train::{TrainConfig, TrainEvent};
 
 use crate::manifest::StageRecord;
 use crate::plan::PlannedStage;
+use crate::runs::SweepEdge;
 
 /// One thing that happened while a pipeline ran, in order.
 pub enum PipelineEvent<'a> {
@@ -30,6 +31,9 @@ pub enum PipelineEvent<'a> {
     Transition { source: &'a str, source_val_loss: Option<f64>, grown_val_loss: f64, exactness: &'a Exactness },
     /// A baseline's compute budget turned into tokens.
     Budget { flops: f64, tokens: u64, flops_per_token: f64 },
+    /// A learning-rate sweep chose the point `lr` (mean final validation loss `val_loss` over its
+    /// seeds); `run` stands for the stage. `edge` is set when `lr` is an end of the sweep.
+    Selected { lr: f64, val_loss: f64, run: &'a str, edge: Option<SweepEdge> },
     /// A stage's training starts with these settings.
     Training(&'a TrainConfig),
     /// What the trainer reports while it trains.

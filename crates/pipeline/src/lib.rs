@@ -13,6 +13,7 @@
 pub mod schema;
 pub mod train_block;
 pub mod plan;
+pub mod runs;
 pub mod keys;
 pub mod flops;
 pub mod events;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Curve;
+use crate::runs::RunOf;
 
 /// File name of the stage manifest inside a stage folder.
 pub const STAGE_MANIFEST: &str = "stage.json";
@@ -80,6 +81,12 @@ pub struct StageRecord {
     /// Tokenized data and tokenizer (set by the prepare stage; later stages use them).
     #[serde(default)]
     pub data: Option<DataPaths>,
+    /// Peak learning rate of the stage's training (None: it did not train).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Set on each run of a stage trained more than once (learning-rate sweep, seeds).
+    #[serde(default)]
+    pub run_of: Option<RunOf>,
 }
 
 /// Where the prepare stage left the tokens (absolute, or relative to the run directory).
@@ -226,6 +233,8 @@ pub(crate) mod tests {
             key: "k1".into(),
             model_fingerprint: String::new(),
             data: None,
+            lr: None,
+            run_of: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The loss-vs-FLOPs figure (the paper's training-loss plot): training loss (thin) and validation
 //! loss (thick, with markers) against cumulative training FLOPs on a log axis, one colour per
-//! stage, from-scratch baselines dashed.
+//! stage, from-scratch baselines dashed. A stage trained several times (learning-rate sweep,
+//! seeds) is drawn as its chosen run; its other runs' validation curves are faint.
 //!
 //! Text is rendered with plotters' `ab_glyph` backend and DejaVu Sans from the `dejavu` crate
 //! (registered once per process) rather than with system fonts: the figure then renders the same
@@ -14,11 +15,15 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::manifest::{write_atomic, StageKind, StageRecord};
+use crate::report::stands_for_stage;
 
 /// Font family the figure asks for: registered from the embedded DejaVu Sans for the PNG, and the
 /// generic family SVG viewers resolve to their own sans-serif font.
 const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (1200, 750);
+/// Legend entry of the validation curves of the runs that do not stand for their stage (the other
+/// points of a learning-rate sweep, the other seeds).
+pub const FAINT_LABEL: &str = "faint: other learning rates and seeds";
 /// Training loss is averaged into at most this many points per stage.
 const MAX_TRAIN_POINTS: usize = 300;
 
@@ -128,7 +133,27 @@ where
         .axis_desc_style((FONT, 18))
         .draw()
         .map_err(err)?;
-    for (i, r) in records.iter().enumerate() {
+    // The stages' own curves are drawn over the faint ones of their other runs.
+    let stages: Vec<&StageRecord> = records.iter().filter(|r| stands_for_stage(r)).collect();
+    let mut faint_labelled = false;
+    for r in records.iter().filter(|r| !stands_for_stage(r)) {
+        let Some(i) = stages.iter().position(|st| r.run_of.as_ref().is_some_and(|o| o.stage == st.name)) else { continue };
+        if stages[i].model_dir == r.model_dir {
+            continue; // the chosen run: drawn as the stage itself
+        }
+        let faint = stage_colour(i).mix(0.3).stroke_width(1);
+        let valid: Vec<(f64, f64)> = r.curve.valid.iter().map(|p| (p.flops.max(x0), p.loss)).collect();
+        let series = if r.kind == StageKind::Baseline {
+            chart.draw_series(DashedLineSeries::new(valid, 8, 5, faint)).map_err(err)?
+        } else {
+            chart.draw_series(LineSeries::new(valid, faint)).map_err(err)?
+        };
+        if !faint_labelled {
+            faint_labelled = true;
+            series.label(FAINT_LABEL).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.mix(0.3).stroke_width(1)));
+        }
+    }
+    for (i, r) in stages.iter().enumerate() {
         let colour = stage_colour(i);
         let dashed = r.kind == StageKind::Baseline;
         let clamp = |f: f64| f.max(x0);
@@ -188,6 +213,23 @@ mod tests {
             assert_eq!(text.matches(&format!(">\n{label}\n</text>")).count(), 1, "one legend entry for {}", r.name);
         }
         assert!(text.contains("cumulative training FLOPs"));
+    }
+
+    #[test]
+    fn a_swept_stage_is_one_legend_entry_and_its_other_runs_are_faint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (png, svg) = (dir.path().join("f.png"), dir.path().join("f.svg"));
+        let records = crate::report::tests::synthetic_sweep();
+        write_figures(&records, "swept", &png, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for label in ["base", "up", "up-aki", "up-scratch (from scratch, dashed)", FAINT_LABEL] {
+            assert_eq!(text.matches(&format!(">\n{label}\n</text>")).count(), 1, "one legend entry for {label}");
+        }
+        assert!(!text.contains("up-scratch-lr"), "runs are not named in the legend");
+        // Five faint runs (the chosen one is the stage's own curve), in the baseline's colour at 30%.
+        let c = stage_colour(3);
+        let faint = format!("opacity=\"0.3\" stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        assert!(text.matches(&faint).count() >= 5, "faint runs drawn in {faint}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use escale_formats::summary::human_count;
 use serde::Serialize;
 
 use crate::manifest::{write_atomic, StageKind, StageRecord};
+use crate::runs::{exceeds_spread, lr_text, RunGroup, Stats, SweepEdge};
 
 /// A transition: the source's final validation loss against the grown model's initial one.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -33,8 +34,19 @@ pub struct BaselineComparison {
     /// Cumulative FLOPs at the end of the grown stage / total FLOPs of the baseline.
     pub stage_flops: f64,
     pub baseline_flops: f64,
+    /// Final validation loss: the mean over the seeds of the chosen learning rate.
     pub stage_val_loss: f64,
     pub baseline_val_loss: f64,
+    /// The same over the seeds, with their spread.
+    pub stage_seeds: Stats,
+    pub baseline_seeds: Stats,
+    /// Learning rate of the baseline (the chosen point of its sweep).
+    pub baseline_lr: Option<f64>,
+    /// `baseline_val_loss - stage_val_loss`: positive when the grown model is better.
+    pub difference: f64,
+    /// Whether the difference exceeds the spread of the seeds (the two standard deviations
+    /// added); `None` when each side ran one seed only.
+    pub exceeds_spread: Option<bool>,
     /// True when the grown model reached the lower validation loss.
     pub grown_better: bool,
 }
@@ -48,6 +60,10 @@ pub struct SweepEntry {
     pub exact: Option<bool>,
     pub val_loss_start: Option<f64>,
     pub val_loss_end: Option<f64>,
+    /// Learning rate it trained at (the chosen point of its learning-rate sweep).
+    pub lr: Option<f64>,
+    /// Final validation loss over the seeds of that learning rate.
+    pub seeds: Option<Stats>,
 }
 
 /// One row of the stage table in summary.json (the record without its curve).
@@ -67,6 +83,8 @@ pub struct StageRow {
     pub flops_end: f64,
     pub val_loss_start: Option<f64>,
     pub val_loss_end: Option<f64>,
+    pub lr: Option<f64>,
+    /// Wall time of the stage, every run of its sweep and seeds included.
     pub wall_s: f64,
     pub model_dir: PathBuf,
 }
@@ -74,16 +92,38 @@ pub struct StageRow {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
     pub name: String,
+    /// One row per stage of the file (a stage trained several times: the run that stands for it).
     pub stages: Vec<StageRow>,
     pub transitions: Vec<Transition>,
     pub baselines: Vec<BaselineComparison>,
     pub sweeps: Vec<SweepEntry>,
+    /// Every run of the stages trained more than once (learning-rate sweeps, seeds).
+    pub runs: Vec<RunGroup>,
     pub total_wall_s: f64,
 }
 
+/// Whether a record stands for a stage of the file, rather than being one more run of one.
+pub fn stands_for_stage(r: &StageRecord) -> bool {
+    r.run_of.as_ref().is_none_or(|o| o.stage == r.name)
+}
+
+/// Final validation loss of stage `r` over the seeds of its chosen learning rate.
+fn final_stats(r: &StageRecord, groups: &[RunGroup]) -> Option<Stats> {
+    match groups.iter().find(|g| g.stage == r.name).and_then(|g| g.chosen()) {
+        Some(point) => point.stats,
+        None => Stats::of(&r.val_loss_end.into_iter().collect::<Vec<_>>()),
+    }
+}
+
 impl Summary {
-    pub fn from_records(name: &str, records: &[StageRecord]) -> Summary {
-        let find = |n: &str| records.iter().find(|r| r.name == n);
+    pub fn from_records(name: &str, all: &[StageRecord]) -> Summary {
+        let records: Vec<&StageRecord> = all.iter().filter(|r| stands_for_stage(r)).collect();
+        let runs: Vec<RunGroup> = records.iter().filter_map(|r| RunGroup::of(&r.name, all)).collect();
+        let find = |n: &str| records.iter().copied().find(|r| r.name == n);
+        let group_wall = |r: &StageRecord| match runs.iter().find(|g| g.stage == r.name) {
+            Some(g) => g.points.iter().flat_map(|p| &p.runs).map(|x| x.wall_s).sum(),
+            None => r.wall_s,
+        };
         let stages = records
             .iter()
             .map(|r| StageRow {
@@ -101,7 +141,8 @@ impl Summary {
                 flops_end: r.flops_end(),
                 val_loss_start: r.val_loss_start,
                 val_loss_end: r.val_loss_end,
-                wall_s: r.wall_s,
+                lr: r.lr,
+                wall_s: group_wall(r),
                 model_dir: r.model_dir.clone(),
             })
             .collect();
@@ -127,15 +168,20 @@ impl Summary {
             .filter(|b| b.kind == StageKind::Baseline)
             .filter_map(|b| {
                 let s = find(b.source.as_deref()?)?;
-                let (sv, bv) = (s.val_loss_end?, b.val_loss_end?);
+                let (ss, bs) = (final_stats(s, &runs)?, final_stats(b, &runs)?);
                 Some(BaselineComparison {
                     stage: s.name.clone(),
                     baseline: b.name.clone(),
                     stage_flops: s.flops_end(),
                     baseline_flops: b.flops_end(),
-                    stage_val_loss: sv,
-                    baseline_val_loss: bv,
-                    grown_better: sv < bv,
+                    stage_val_loss: ss.mean,
+                    baseline_val_loss: bs.mean,
+                    stage_seeds: ss,
+                    baseline_seeds: bs,
+                    baseline_lr: b.lr,
+                    difference: bs.mean - ss.mean,
+                    exceeds_spread: exceeds_spread(&ss, &bs),
+                    grown_better: ss.mean < bs.mean,
                 })
             })
             .collect();
@@ -149,6 +195,8 @@ impl Summary {
                     exact: r.exact,
                     val_loss_start: r.val_loss_start,
                     val_loss_end: r.val_loss_end,
+                    lr: r.lr,
+                    seeds: final_stats(r, &runs),
                 })
             })
             .collect();
@@ -158,7 +206,8 @@ impl Summary {
             transitions,
             baselines,
             sweeps,
-            total_wall_s: records.iter().map(|r| r.wall_s).sum(),
+            runs,
+            total_wall_s: all.iter().map(|r| r.wall_s).sum(),
         }
     }
 
@@ -218,49 +267,89 @@ impl Summary {
         }
         if !self.sweeps.is_empty() {
             let _ = writeln!(s, "\n## Scale-up initialisations side by side\n");
-            let _ = writeln!(s, "| sweep | stage | method | function preserving | val loss start | val loss end |");
-            let _ = writeln!(s, "|---|---|---|---|---:|---:|");
+            let _ = writeln!(s, "Each at its best learning rate when the sweep trained several; final validation loss as mean ± standard deviation over seeds when there were several.\n");
+            let _ = writeln!(s, "| sweep | stage | method | function preserving | lr | val loss start | val loss end |");
+            let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|");
             for e in &self.sweeps {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     e.sweep,
                     e.stage,
                     e.method,
                     exact(e.exact),
+                    e.lr.map(lr_text).unwrap_or_else(|| "-".into()),
                     loss(e.val_loss_start),
-                    loss(e.val_loss_end)
+                    e.seeds.map(|x| x.describe()).unwrap_or_else(|| loss(e.val_loss_end))
                 );
             }
-            if let Some(best) = self
-                .sweeps
-                .iter()
-                .filter(|e| e.val_loss_end.is_some())
-                .min_by(|a, b| a.val_loss_end.unwrap().total_cmp(&b.val_loss_end.unwrap()))
-            {
+            let mean = |e: &SweepEntry| e.seeds.map(|x| x.mean);
+            if let Some(best) = self.sweeps.iter().filter(|e| mean(e).is_some()).min_by(|a, b| mean(a).unwrap().total_cmp(&mean(b).unwrap())) {
                 let _ = writeln!(s, "\nLowest final validation loss: **{}** ({}).", best.stage, best.method);
             }
         }
+        if !self.runs.is_empty() {
+            self.write_runs(&mut s);
+        }
         if !self.baselines.is_empty() {
             let _ = writeln!(s, "\n## Grown models against from-scratch training at equal FLOPs\n");
-            let _ = writeln!(s, "| grown stage | baseline | FLOPs grown (cumulative) | FLOPs baseline | val loss grown | val loss baseline | lower |");
-            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
+            let _ = writeln!(
+                s,
+                "Final validation loss as mean ± standard deviation over seeds when there were several; the difference exceeds the spread when it is larger than the two standard deviations added.\n"
+            );
+            let _ = writeln!(s, "| grown stage | baseline | baseline lr | FLOPs grown (cumulative) | FLOPs baseline | val loss grown | val loss baseline | difference | beyond the spread | lower |");
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
             for b in &self.baselines {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.4} | {:.4} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:+.4} | {} | {} |",
                     b.stage,
                     b.baseline,
+                    b.baseline_lr.map(lr_text).unwrap_or_else(|| "-".into()),
                     sci(b.stage_flops),
                     sci(b.baseline_flops),
-                    b.stage_val_loss,
-                    b.baseline_val_loss,
+                    b.stage_seeds.describe(),
+                    b.baseline_seeds.describe(),
+                    b.difference,
+                    spread_verdict(b.exceeds_spread),
                     if b.grown_better { "grown" } else { "baseline" }
                 );
             }
         }
         let _ = writeln!(s, "\nTotal wall time: {}.", duration(self.total_wall_s));
         s
+    }
+
+    /// The learning-rate sweeps and seeds: every run, the chosen point, and a warning when the
+    /// choice is an end of its sweep.
+    fn write_runs(&self, s: &mut String) {
+        let _ = writeln!(s, "\n## Learning-rate sweeps and seeds\n");
+        let _ = writeln!(
+            s,
+            "Every run of a stage trains for the same budget; the learning rate with the lowest final validation loss (mean over its seeds) is chosen and stands for the stage.\n"
+        );
+        for g in &self.runs {
+            let budget = g.points.first().and_then(|p| p.runs.first()).map(|r| format!(", {} FLOPs per run", sci(r.flops))).unwrap_or_default();
+            let _ = writeln!(s, "**{}** ({}{budget}):\n", g.stage, g.kind.as_str());
+            let _ = writeln!(s, "| lr | final val loss per seed | mean | sd | |");
+            let _ = writeln!(s, "|---:|---|---:|---:|---|");
+            for p in &g.points {
+                let per_seed: Vec<String> = p.runs.iter().map(|r| loss(r.val_loss_end)).collect();
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    lr_text(p.lr),
+                    per_seed.join(", "),
+                    loss(p.stats.map(|x| x.mean)),
+                    p.stats.and_then(|x| x.sd).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+                    if p.chosen { "**chosen**" } else { "" }
+                );
+            }
+            if let Some(warning) = edge_warning(g) {
+                let _ = writeln!(s, "\n> **{warning}**");
+            }
+            let _ = writeln!(s);
+        }
     }
 
     /// The short table printed at the end of a run.
@@ -294,20 +383,65 @@ impl Summary {
                 if t.exact == Some(true) { "function preserving" } else { "not function preserving" }
             );
         }
+        if !self.runs.is_empty() {
+            let _ = writeln!(s, "learning-rate sweeps and seeds (final val loss, mean ± sd over seeds; * chosen):");
+            for g in &self.runs {
+                let points: Vec<String> = g
+                    .points
+                    .iter()
+                    .map(|p| {
+                        let sd = p.stats.and_then(|x| x.sd).map(|v| format!(" ± {v:.4}")).unwrap_or_default();
+                        let mark = if p.chosen { "*" } else { "" };
+                        format!("lr {} {}{sd}{mark}", lr_text(p.lr), loss(p.stats.map(|x| x.mean)))
+                    })
+                    .collect();
+                let _ = writeln!(s, "  {:w$}  {}", g.stage, points.join("   "));
+                if let Some(warning) = edge_warning(g) {
+                    let _ = writeln!(s, "  warning: {warning}");
+                }
+            }
+        }
         for b in &self.baselines {
+            let spread = match b.exceeds_spread {
+                Some(true) => "beyond the spread of the seeds",
+                Some(false) => "within the spread of the seeds",
+                None => "one seed each: spread unknown",
+            };
             let _ = writeln!(
                 s,
-                "{} {:.4} vs from-scratch {} {:.4} at {} / {} FLOPs: {} lower",
+                "{} {} vs from-scratch {} {} at {} / {} FLOPs: {} lower by {:.4} ({spread})",
                 b.stage,
-                b.stage_val_loss,
+                b.stage_seeds.describe(),
                 b.baseline,
-                b.baseline_val_loss,
+                b.baseline_seeds.describe(),
                 sci(b.stage_flops),
                 sci(b.baseline_flops),
-                if b.grown_better { "grown" } else { "baseline" }
+                if b.grown_better { "grown" } else { "baseline" },
+                b.difference.abs()
             );
         }
         s
+    }
+}
+
+/// The sentence saying that a sweep's best learning rate is one of its ends.
+pub fn edge_warning(g: &RunGroup) -> Option<String> {
+    let (lr, side, way) = match (g.edge?, g.chosen_lr?) {
+        (SweepEdge::Lowest, lr) => (lr, "lowest", "below"),
+        (SweepEdge::Highest, lr) => (lr, "highest", "above"),
+    };
+    Some(format!(
+        "{}: the best learning rate ({}) is the {side} of the sweep; the optimum may lie {way} it: widen `lr_sweep`.",
+        g.stage,
+        lr_text(lr)
+    ))
+}
+
+fn spread_verdict(x: Option<bool>) -> &'static str {
+    match x {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown (one seed)",
     }
 }
 
@@ -366,6 +500,7 @@ pub fn write_report(run_dir: &Path, name: &str, records: &[StageRecord]) -> Resu
 pub(crate) mod tests {
     use super::*;
     use crate::metrics::{Curve, Point};
+    use crate::runs::Stats;
 
     /// A synthetic three-stage run plus a baseline, with curves that fall with FLOPs.
     pub(crate) fn synthetic_run() -> Vec<StageRecord> {
@@ -402,6 +537,8 @@ pub(crate) mod tests {
             key: String::new(),
             model_fingerprint: String::new(),
             data: None,
+            lr: None,
+            run_of: None,
         };
         let base = rec("base", StageKind::Prepare, None, 0.0, 1e12, 7.0, 4.0);
         let mut up = rec("up", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.01, 3.0);
@@ -414,6 +551,46 @@ pub(crate) mod tests {
         aki.sweep = Some("grow".into());
         let scratch = rec("up-scratch", StageKind::Baseline, Some("up"), 0.0, 3e12, 7.0, 3.4);
         vec![base, up, aki, scratch]
+    }
+
+    /// [`synthetic_run`] with its baseline swept over three learning rates, two seeds each: the
+    /// runs, then the selection under the baseline's name (a copy of the chosen run).
+    pub(crate) fn synthetic_sweep() -> Vec<StageRecord> {
+        let mut records = synthetic_run();
+        let scratch = records.pop().unwrap();
+        for (lr, losses) in [(1e-3, [3.4, 3.6]), (3e-3, [3.4, 3.45]), (9e-3, [3.6, 3.7])] {
+            for (k, l) in losses.into_iter().enumerate() {
+                let mut r = scratch.clone();
+                r.name = format!("up-scratch-lr{}-s{k}", crate::runs::lr_tag(lr));
+                r.model_dir = format!("{}/train/final", r.name).into();
+                r.val_loss_end = Some(l);
+                r.lr = Some(lr);
+                r.run_of = Some(crate::runs::RunOf { stage: "up-scratch".into(), lr, seed_index: k });
+                records.push(r);
+            }
+        }
+        let chosen = records.iter().find(|r| r.name == "up-scratch-lr3e-3-s0").unwrap().clone();
+        records.push(StageRecord { name: "up-scratch".into(), run_of: None, wall_s: 0.0, ..chosen });
+        records
+    }
+
+    #[test]
+    fn a_swept_baseline_is_one_stage_with_every_run_listed() {
+        let s = Summary::from_records("t", &synthetic_sweep());
+        let names: Vec<&str> = s.stages.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["base", "up", "up-aki", "up-scratch"]);
+        assert_eq!(s.stages[3].wall_s, 12.0, "the stage's wall time is its six runs'");
+        let g = &s.runs[0];
+        assert_eq!((g.stage.as_str(), g.points.len(), g.chosen_lr, g.edge), ("up-scratch", 3, Some(3e-3), None));
+        let b = &s.baselines[0];
+        assert_eq!((b.baseline_lr, b.baseline_seeds.n), (Some(3e-3), 2));
+        assert!((b.baseline_val_loss - 3.425).abs() < 1e-12, "the mean of the chosen point's seeds");
+        assert_eq!(b.exceeds_spread, Some(true), "0.425 > sd of (3.4, 3.45)");
+        let md = s.to_markdown(None);
+        assert!(md.contains("| 0.001 | 3.4000, 3.6000 | 3.5000 | 0.1414 |  |"), "{md}");
+        assert!(md.contains("| 0.003 | 3.4000, 3.4500 | 3.4250 | 0.0354 | **chosen** |"), "{md}");
+        assert!(md.contains("| up | up-scratch | 0.003 |"), "{md}");
+        assert!(md.contains("3.4250 ± 0.0354 (2 seeds) | +0.4250 | yes | grown |"), "{md}");
     }
 
     #[test]
@@ -433,6 +610,11 @@ pub(crate) mod tests {
                 baseline_flops: 3e12,
                 stage_val_loss: 3.0,
                 baseline_val_loss: 3.4,
+                stage_seeds: Stats::of(&[3.0]).unwrap(),
+                baseline_seeds: Stats::of(&[3.4]).unwrap(),
+                baseline_lr: None,
+                difference: 3.4 - 3.0,
+                exceeds_spread: None,
                 grown_better: true
             }]
         );
@@ -446,7 +628,8 @@ pub(crate) mod tests {
         assert!(md.contains("![training and validation loss against cumulative training FLOPs](loss_vs_flops.png)"));
         assert!(md.contains("| base | prepare | - | m | llama d=8 | 1.0K | 1.0K | 4.0K | 1.00e12 | 1.00e12 | 7.0000 | 4.0000 | 2.0 s |"), "{md}");
         assert!(md.contains("| base | up | m | yes | 4.0000 | 4.0100 | +0.25% |"), "{md}");
-        assert!(md.contains("| up | up-scratch | 3.00e12 | 3.00e12 | 3.0000 | 3.4000 | grown |"), "{md}");
+        assert!(md.contains("| up | up-scratch | - | 3.00e12 | 3.00e12 | 3.0000 | 3.4000 | +0.4000 | unknown (one seed) | grown |"), "{md}");
+        assert!(!md.contains("## Learning-rate sweeps"), "no stage trained more than once");
         assert!(md.contains("Lowest final validation loss: **up-aki** (m)."));
         let term = Summary::from_records("t", &synthetic_run()).to_terminal();
         assert!(term.contains("transition base -> up: 4.0000 -> 4.0100 (+0.25%, function preserving)"), "{term}");

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::events::{OnEvent, PipelineEvent};
 use crate::keys::stage_key;
 use crate::manifest::{check_stage, fingerprint_model, write_atomic, write_record, StageKind, StageRecord, Verdict};
-use crate::plan::{plan, PlannedStage};
+use crate::plan::{plan, PlannedStage, Work};
 use crate::report::{write_report, ReportFiles, Summary};
 use crate::schema::PipelineFile;
 use crate::stages::{self, absolute, Context};
@@ -87,7 +87,8 @@ pub fn run(file: &PipelineFile, opts: &RunOptions, engine: &dyn Engine, on_event
     Ok(RunOutcome { summary, files, skipped })
 }
 
-/// The keys of what a stage reads: the prepare stage's (its data) and its source's.
+/// The keys of what a stage reads: the prepare stage's (its data), its source's and, for the
+/// choice at the end of a sweep, its runs'.
 fn upstream_keys<'k>(
     stage: &PlannedStage,
     records: &[StageRecord],
@@ -98,8 +99,12 @@ fn upstream_keys<'k>(
         let prepare = records.first().map(|r| r.name.as_str()).unwrap_or_default();
         upstream.push(keys.get(prepare).map(String::as_str).unwrap_or_default());
     }
-    if let Some(src) = &stage.source {
-        upstream.push(keys.get(src).map(String::as_str).ok_or_else(|| anyhow!("stage {src:?} has not run"))?);
+    let runs = match &stage.work {
+        Work::Select(s) => s.runs.as_slice(),
+        _ => &[],
+    };
+    for name in stage.source.iter().chain(runs) {
+        upstream.push(keys.get(name).map(String::as_str).ok_or_else(|| anyhow!("stage {name:?} has not run"))?);
     }
     Ok(upstream)
 }

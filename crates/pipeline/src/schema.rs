@@ -158,6 +158,10 @@ pub struct PrepareSpec {
     /// Train the starting model (needed for `init`; optional for `from`).
     #[serde(default)]
     pub train: Option<TrainBlock>,
+    /// Train the stage this many times with different seeds (data order; for a model initialised
+    /// at random, also its initialisation): the report shows their mean and spread.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
 }
 
 fn default_valid_fraction() -> f64 {
@@ -192,6 +196,10 @@ pub struct ScaleUpSpec {
     pub target: TargetSpec,
     #[serde(default)]
     pub train: Option<TrainBlock>,
+    /// Train the stage this many times with different seeds (data order; for a model initialised
+    /// at random, also its initialisation): the report shows their mean and spread.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
 }
 
 fn default_up_method() -> Method {
@@ -228,6 +236,14 @@ pub struct SweepSpec {
     pub seed: Option<u64>,
     #[serde(default)]
     pub train: Option<TrainBlock>,
+    /// Every variant is trained at each of these learning rates (see [`BaselineSpec::lr_sweep`]),
+    /// so that initialisations are compared each at its best.
+    #[serde(default)]
+    pub lr_sweep: Option<Vec<f64>>,
+    /// Train the stage this many times with different seeds (data order; for a model initialised
+    /// at random, also its initialisation): the report shows their mean and spread.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -255,6 +271,10 @@ pub struct ScaleOutSpec {
     pub seed: Option<u64>,
     #[serde(default)]
     pub train: Option<TrainBlock>,
+    /// Train the stage this many times with different seeds (data order; for a model initialised
+    /// at random, also its initialisation): the report shows their mean and spread.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
 }
 
 fn default_experts() -> usize {
@@ -297,6 +317,19 @@ pub struct BaselineSpec {
     /// Training settings (the token budget is derived from the FLOPs; `total_tokens` is not allowed).
     #[serde(default)]
     pub train: Option<TrainBlock>,
+    /// Peak learning rates to train each run at, for the same budget; the one with the lowest
+    /// final validation loss (mean over seeds) is kept. Default: a third of the stage's `lr`, the
+    /// `lr` itself and three times it. One value: no sweep.
+    #[serde(default)]
+    pub lr_sweep: Option<Vec<f64>>,
+    /// Train the stage this many times with different seeds (data order; for a model initialised
+    /// at random, also its initialisation): the report shows their mean and spread.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
+}
+
+fn one_seed() -> usize {
+    1
 }
 
 fn default_budget() -> BaselineBudget {
@@ -440,6 +473,7 @@ impl PipelineFile {
                     }
                 }
             }
+            check_runs(stage, &at)?;
             for (j, name) in stage.names().into_iter().enumerate() {
                 if let Err(msg) = check_name(&name) {
                     return Err((at("name"), msg));
@@ -455,7 +489,56 @@ impl PipelineFile {
     }
 }
 
+/// Checks `seeds` and `lr_sweep`: at least one of each, positive learning rates, and a training
+/// to repeat.
+fn check_runs(stage: &StageSpec, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    let trains = stage.train().is_some() || matches!(stage, StageSpec::Baseline(_));
+    if stage.seeds() == 0 {
+        return Err((at("seeds"), "must be at least 1".into()));
+    }
+    if stage.seeds() > 1 && !trains {
+        return Err((at("seeds"), "repeats the stage's training: the stage needs a `train` block".into()));
+    }
+    let Some(lrs) = stage.lr_sweep() else { return Ok(()) };
+    if lrs.is_empty() {
+        return Err((at("lr_sweep"), "at least one learning rate is required".into()));
+    }
+    if !trains {
+        return Err((at("lr_sweep"), "sweeps the stage's training: the stage needs a `train` block".into()));
+    }
+    for (i, &lr) in lrs.iter().enumerate() {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err((at(&format!("lr_sweep[{i}]")), format!("must be a positive learning rate (got {lr})")));
+        }
+        let rounded = crate::runs::round_lr(lr);
+        if lrs[..i].iter().any(|&x| crate::runs::round_lr(x) == rounded) {
+            return Err((at(&format!("lr_sweep[{i}]")), format!("{lr} appears twice (to four significant digits)")));
+        }
+    }
+    Ok(())
+}
+
 impl StageSpec {
+    /// How many seeds the entry trains (`seeds:`, default 1).
+    pub fn seeds(&self) -> usize {
+        match self {
+            StageSpec::Prepare(s) => s.seeds,
+            StageSpec::ScaleUp(s) => s.seeds,
+            StageSpec::ScaleOut(s) => s.seeds,
+            StageSpec::Baseline(s) => s.seeds,
+            StageSpec::Sweep(s) => s.seeds,
+        }
+    }
+
+    /// The entry's `lr_sweep:` as written (baselines and sweeps only).
+    pub fn lr_sweep(&self) -> Option<&[f64]> {
+        match self {
+            StageSpec::Baseline(s) => s.lr_sweep.as_deref(),
+            StageSpec::Sweep(s) => s.lr_sweep.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             StageSpec::Prepare(_) => "prepare",
@@ -512,7 +595,7 @@ pub fn enum_str<T: Serialize>(v: &T) -> String {
 }
 
 /// Stage names become folder names: keep them portable.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use escale_pipeline::manifest::StageRecord;
 use escale_pipeline::runner::RunOutcome;
+use escale_pipeline::runs::SweepEdge;
 use escale_pipeline::PipelineEvent;
 use escale_train::TrainEvent;
 
@@ -78,6 +79,14 @@ pub fn print_event(ev: &PipelineEvent, progress: bool) {
         }
         PipelineEvent::Budget { flops, tokens, flops_per_token } => {
             err!("  budget {flops:.3e} FLOPs = {tokens} tokens at {flops_per_token:.3e} FLOPs/token")
+        }
+        PipelineEvent::Selected { lr, val_loss, run, edge } => {
+            let edge = match edge {
+                Some(SweepEdge::Lowest) => " (the lowest of the sweep: widen lr_sweep below it)",
+                Some(SweepEdge::Highest) => " (the highest of the sweep: widen lr_sweep above it)",
+                None => "",
+            };
+            err!("  best learning rate {lr} (final val loss {val_loss:.4}): {run}{edge}")
         }
         PipelineEvent::Training(cfg) => err!(
             "  training {} tokens (seq {}, batch {}x{}, lr {})",

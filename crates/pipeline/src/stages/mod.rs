@@ -5,6 +5,8 @@
 mod baseline;
 mod growth;
 mod prepare;
+mod reseed;
+mod select;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ pub fn run(ctx: &Context, stage: &PlannedStage, dir: &Path) -> Result<StageRecor
         Work::ScaleUp(s) => growth::run(ctx, stage, dir, |src, out| ctx.engine.scale_up(src, out, s)),
         Work::ScaleOut(s) => growth::run(ctx, stage, dir, |src, out| ctx.engine.scale_out(src, out, s)),
         Work::Baseline(b) => baseline::run(ctx, stage, b, dir),
+        Work::Reseed(r) => reseed::run(ctx, stage, r, dir),
+        Work::Select(s) => select::run(ctx, stage, s),
     }
 }
 
@@ -137,5 +141,7 @@ fn base_record(stage: &PlannedStage) -> StageRecord {
         key: String::new(),
         model_fingerprint: String::new(),
         data: None,
+        lr: None,
+        run_of: stage.run_of.clone(),
     }
 }

@@ -65,6 +65,7 @@ pub fn train_and_measure(
         val_loss_end,
         model_dir: ctx.relative(&model),
         curve,
+        lr: train.map(|t| t.lr),
         ..base
     })
 }
