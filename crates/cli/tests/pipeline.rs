@@ -74,8 +74,37 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
         println!("{} {} vs baseline {} {}", b["stage"], b["stage_val_loss"], b["baseline"], b["baseline_val_loss"]);
     }
 
+    // Learning-rate sweeps: every point of every swept stage is listed, the chosen one is the
+    // lowest mean final loss, and the stage's row is that run. The baselines have two seeds.
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
-    for heading in ["## Stages", "## Transitions", "## Scale-up initialisations side by side", "## Grown models against from-scratch"] {
+    assert!(stdout.contains("learning-rate sweeps and seeds"), "{stdout}");
+    let groups = summary["runs"].as_array().unwrap();
+    let swept: Vec<&str> = groups.iter().map(|g| g["stage"].as_str().unwrap()).collect();
+    assert_eq!(swept, ["up-aki-pro", "up-exact", "up-scratch", "moe-scratch"]);
+    for g in groups {
+        let points = g["points"].as_array().unwrap();
+        let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
+        assert_eq!(lrs, [0.0003, 0.001, 0.003], "{}", g["stage"]);
+        let means: Vec<f64> = points
+            .iter()
+            .map(|p| {
+                let runs = p["runs"].as_array().unwrap();
+                assert_eq!(runs.len(), if g["stage"] == "up-scratch" { 2 } else { 1 }, "the dense baseline has two seeds");
+                runs.iter().map(|r| r["val_loss_end"].as_f64().unwrap()).sum::<f64>() / runs.len() as f64
+            })
+            .collect();
+        let best = (0..means.len()).min_by(|&a, &b| means[a].total_cmp(&means[b])).unwrap();
+        assert_eq!(g["chosen_lr"].as_f64(), Some(lrs[best]), "{g}");
+        let chosen_run = points[best]["runs"][0]["name"].as_str().unwrap();
+        let row = summary["stages"].as_array().unwrap().iter().find(|s| s["name"] == g["stage"]).unwrap();
+        assert!(row["model_dir"].as_str().unwrap().starts_with(&format!("{chosen_run}/")), "{row}");
+        println!("{} lr sweep {lrs:?}: mean final val loss {means:?}, chosen {}", g["stage"], lrs[best]);
+        assert!(md.contains(&format!("**{}** (", g["stage"].as_str().unwrap())), "report.md lists the runs of {}", g["stage"]);
+    }
+    let dense = baselines.iter().find(|b| b["baseline"] == "up-scratch").unwrap();
+    assert_eq!(dense["baseline_seeds"]["n"], 2);
+    assert!(dense["exceeds_spread"].is_boolean(), "a spread was measured: {dense}");
+    for heading in ["## Stages", "## Transitions", "## Scale-up initialisations side by side", "## Learning-rate sweeps and seeds", "## Grown models against from-scratch"] {
         assert!(md.contains(heading), "report.md lacks {heading}");
     }
     assert!(md.contains("](loss_vs_flops.png)"));
@@ -86,6 +115,7 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
         let label = if name.ends_with("-scratch") { format!("{name} (from scratch, dashed)") } else { name.to_string() };
         assert_eq!(svg.matches(&format!(">\n{label}\n</text>")).count(), 1, "legend entry for {name}");
     }
+    assert_eq!(svg.matches(&format!(">\n{}\n</text>", escale_pipeline::plot::FAINT_LABEL)).count(), 1, "one entry for the faint runs");
     assert!(run.join("pipeline.yaml").exists(), "the demo keeps its pipeline file");
 }
 

@@ -1,5 +1,7 @@
 //! The built-in demo: the whole EfficientScale method on the built-in bilingual corpus, sized for
-//! a laptop CPU (full: about 10 minutes on 2 cores; quick: about 2 minutes, what the tests run).
+//! a laptop CPU (full: about 10 minutes on 2 cores; quick: a few minutes, what the tests run).
+//! Both train the sweep variants and the baselines at three learning rates each (issue 18): the
+//! full demo's post-growth budgets were cut to keep its training FLOPs near the earlier demo's.
 //!
 //! It is an ordinary pipeline file, parsed through the same schema as a user's, and written into
 //! the run directory so that `escale run <dir>/pipeline.yaml` repeats (or resumes) it.
@@ -14,12 +16,29 @@ struct Sizes {
     up_tokens: u64,
     moe_tokens: u64,
     eval_tokens: u64,
+    /// Seeds of each learning rate of the dense baseline (the MoE baseline, the dearest stage,
+    /// trains one seed).
+    baseline_seeds: usize,
 }
 
-const FULL: Sizes =
-    Sizes { corpus_mb: 1.0, vocab: 512, base_tokens: 163_840, up_tokens: 102_400, moe_tokens: 102_400, eval_tokens: 8_192 };
-const QUICK: Sizes =
-    Sizes { corpus_mb: 0.3, vocab: 384, base_tokens: 24_576, up_tokens: 12_288, moe_tokens: 12_288, eval_tokens: 2_048 };
+const FULL: Sizes = Sizes {
+    corpus_mb: 1.0,
+    vocab: 512,
+    base_tokens: 163_840,
+    up_tokens: 24_576,
+    moe_tokens: 24_576,
+    eval_tokens: 8_192,
+    baseline_seeds: 1,
+};
+const QUICK: Sizes = Sizes {
+    corpus_mb: 0.3,
+    vocab: 384,
+    base_tokens: 24_576,
+    up_tokens: 6_144,
+    moe_tokens: 6_144,
+    eval_tokens: 2_048,
+    baseline_seeds: 2,
+};
 
 /// The demo pipeline as YAML text.
 pub fn demo_yaml(quick: bool) -> String {
@@ -32,6 +51,8 @@ pub fn demo_yaml(quick: bool) -> String {
 #   integer width ratio + interpolation with zero-initialised copies), then continued pretraining.
 # Scale-Out: the exact branch upcycled into 8 experts, top-2, router N(0, 0.02), then trained.
 # Baselines: the same architectures trained from scratch for the same cumulative FLOPs.
+# Fairness: the sweep variants and the baselines are each trained at three learning rates for the
+#   same budget and compared at their best (lr_sweep); {seeds_note}
 name: escale demo{quick}
 seed: 1
 eval: {{tokens: {eval_tokens}, seq_len: 128}}
@@ -53,6 +74,7 @@ stages:
         - {{name: up-aki-pro, method: aki-pro, preset: fpi}}
         - {{name: up-exact, method: fpi, preset: fpi, depth: interpolate-identity}}
       train: {{total_tokens: {up_tokens}, lr: 0.001, warmup_steps: 5}}
+      lr_sweep: [0.0003, 0.001, 0.003]
   - scale_out:
       name: moe
       from: up-exact
@@ -61,8 +83,16 @@ stages:
       router_init: normal
       router_std: 0.02
       train: {{total_tokens: {moe_tokens}, lr: 0.001, warmup_steps: 5}}
-  - baseline: {{name: up-scratch, of: up-exact, train: {{lr: 0.003, warmup_steps: 10}}}}
-  - baseline: {{name: moe-scratch, of: moe, train: {{lr: 0.003, warmup_steps: 10}}}}
+  - baseline:
+      name: up-scratch
+      of: up-exact
+      train: {{lr: 0.001, warmup_steps: 10}}
+      lr_sweep: [0.0003, 0.001, 0.003]{baseline_seeds}
+  - baseline:
+      name: moe-scratch
+      of: moe
+      train: {{lr: 0.001, warmup_steps: 10}}
+      lr_sweep: [0.0003, 0.001, 0.003]
 "#,
         quick = if quick { " (quick)" } else { "" },
         eval_tokens = s.eval_tokens,
@@ -71,6 +101,12 @@ stages:
         base_tokens = s.base_tokens,
         up_tokens = s.up_tokens,
         moe_tokens = s.moe_tokens,
+        seeds_note = if s.baseline_seeds > 1 {
+            format!("the dense baseline with {} seeds, so the report\n#   shows the spread of its final loss.", s.baseline_seeds)
+        } else {
+            "one seed each (the report says\n#   the spread is unknown; `seeds: N` measures it, at N times the cost).".to_string()
+        },
+        baseline_seeds = if s.baseline_seeds > 1 { format!("\n      seeds: {}", s.baseline_seeds) } else { String::new() },
     )
 }
 
@@ -82,6 +118,7 @@ pub fn demo_file(quick: bool) -> Result<PipelineFile, SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::StageSpec;
 
     #[test]
     fn both_demos_are_valid_pipelines_with_the_papers_stages() {
@@ -91,6 +128,13 @@ mod tests {
             assert_eq!(kinds, ["prepare", "sweep", "scale_out", "baseline", "baseline"]);
             let names: Vec<String> = f.stages.iter().flat_map(|s| s.names()).collect();
             assert!(names.contains(&"up-exact".to_string()) && names.contains(&"up-aki-pro".to_string()));
+            // The comparisons are fair: initialisations and baselines each at their best rate.
+            for stage in &f.stages[1..] {
+                let swept = matches!(stage, StageSpec::Sweep(_) | StageSpec::Baseline(_));
+                assert_eq!(stage.lr_sweep().map(|v| v.len()), swept.then_some(3), "{}", stage.kind());
+            }
+            let plan = crate::plan::plan(&f).unwrap();
+            assert!(plan.iter().any(|s| s.name == "up-scratch-lr1e-3"  || s.name == "up-scratch-lr1e-3-s0"));
         }
     }
 }

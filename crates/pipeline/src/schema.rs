@@ -712,6 +712,27 @@ stages:
     }
 
     #[test]
+    fn seeds_and_learning_rate_sweeps_are_checked() {
+        let baseline = "{name: moe-scratch, of: moe}";
+        let e = err(&GOOD.replace(baseline, "{name: moe-scratch, of: moe, seeds: 0}"));
+        assert_eq!(e, "p.yaml: stages[3].baseline.seeds: must be at least 1");
+        let e = err(&GOOD.replace(baseline, "{name: moe-scratch, of: moe, lr_sweep: []}"));
+        assert_eq!(e, "p.yaml: stages[3].baseline.lr_sweep: at least one learning rate is required");
+        let e = err(&GOOD.replace(baseline, "{name: moe-scratch, of: moe, lr_sweep: [0.001, -0.1]}"));
+        assert_eq!(e, "p.yaml: stages[3].baseline.lr_sweep[1]: must be a positive learning rate (got -0.1)");
+        let e = err(&GOOD.replace(baseline, "{name: moe-scratch, of: moe, lr_sweep: [0.001, 0.0010000001]}"));
+        assert!(e.starts_with("p.yaml: stages[3].baseline.lr_sweep[1]: 0.0010000001 appears twice"), "{e}");
+        let e = err(&GOOD.replace("      train: {total_tokens: 5000}\n  - baseline", "      seeds: 2\n  - baseline"));
+        assert!(e.starts_with("p.yaml: stages[2].scale_out.seeds: repeats the stage's training: the stage needs a `train` block"), "{e}");
+        let e = err(&GOOD.replace(baseline, "{name: moe-scratch, of: moe, lr_sweep: 0.001}"));
+        assert!(e.starts_with("p.yaml: stages[3].baseline.lr_sweep: invalid type"), "{e}");
+        let ok = GOOD.replace(baseline, "{name: moe-scratch, of: moe, lr_sweep: [1e-3, 3e-3, 1e-2], seeds: 3}");
+        let p = PipelineFile::parse(&ok, "p.yaml").unwrap();
+        assert_eq!((p.stages[3].lr_sweep(), p.stages[3].seeds()), (Some(&[1e-3, 3e-3, 1e-2][..]), 3));
+        assert_eq!((p.stages[2].lr_sweep(), p.stages[2].seeds()), (None, 1));
+    }
+
+    #[test]
     fn old_train_keys_name_the_new_key_and_the_yaml_path() {
         let e = err(&GOOD.replace("lr: 0.001}", "lr: 0.001, warmup: 5}"));
         assert_eq!(e, "p.yaml: stages[1].sweep.train.warmup: renamed: the trainer's key is `warmup_steps`");

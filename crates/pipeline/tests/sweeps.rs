@@ -177,3 +177,27 @@ fn a_rerun_skips_finished_points_and_a_widened_sweep_trains_only_the_new_ones() 
     let md = std::fs::read_to_string(&outcome.files.markdown).unwrap();
     assert!(!md.contains("widen `lr_sweep`"), "{md}");
 }
+
+#[test]
+fn seeds_of_a_model_trained_from_scratch_start_from_their_own_initialisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = FILE.replace("train: {total_tokens: 64}\n", "train: {total_tokens: 64}\n      seeds: 2\n");
+    let (outcome, calls) = run(&text, dir.path());
+    let inits: Vec<(String, u64)> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Init { out, seed } => Some((out.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned(), *seed)),
+            Call::Train { .. } => None,
+        })
+        .take(2)
+        .collect();
+    assert_eq!((inits[0].0.as_str(), inits[1].0.as_str()), ("base", "base-s1"));
+    assert_ne!(inits[0].1, inits[1].1, "another initialisation");
+    let config = |stage: &str| std::fs::read(dir.path().join(stage).join("init-config").join("config.json")).unwrap();
+    assert_eq!(config("base"), config("base-s1"), "the same architecture");
+    assert_eq!(outputs(&trainings(&calls))[..3], ["base", "base-s1", "up"], "later stages grow from the first seed only");
+    let group = outcome.summary.runs.iter().find(|g| g.stage == "base").unwrap();
+    assert_eq!(group.points[0].runs.len(), 2);
+    let stages: Vec<&str> = outcome.summary.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["base", "up", "up-scratch"]);
+}

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Smaller corpus, models and budgets: about 2 minutes on 2 cores instead of about 10.
+    /// Smaller corpus, models and budgets: a few minutes on 2 cores instead of about 10.
     #[arg(long)]
     pub quick: bool,
     /// Run directory (default: escale-demo, or escale-demo-quick with --quick). Running the demo
