@@ -2,7 +2,9 @@
 //!
 //! A pipeline file ([`schema`]; its `train:` blocks are the trainer's config, [`train_block`])
 //! names stages (prepare, scale_up, sweep, scale_out, baseline). [`plan`] turns it into the
-//! ordered list of stages with their resolved settings, without running anything; [`runner`] runs
+//! ordered list of stages with their resolved settings, without running anything (a stage trained
+//! at several learning rates or seeds becomes one stage per run, [`runs`], and a choice among
+//! them); [`runner`] runs
 //! them in order ([`stages`], one module per kind), each in its own folder of the run directory
 //! with a manifest ([`manifest`]) whose key ([`keys`]) lets a re-run skip finished stages and
 //! resume an interrupted training. Progress is reported as [`events::PipelineEvent`]s. At every transition the
