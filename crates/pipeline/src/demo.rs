@@ -14,12 +14,14 @@ struct Sizes {
     up_tokens: u64,
     moe_tokens: u64,
     eval_tokens: u64,
+    /// Items per built-in multiple-choice task.
+    task_items: usize,
 }
 
 const FULL: Sizes =
-    Sizes { corpus_mb: 1.0, vocab: 512, base_tokens: 163_840, up_tokens: 102_400, moe_tokens: 102_400, eval_tokens: 8_192 };
+    Sizes { corpus_mb: 1.0, vocab: 512, base_tokens: 163_840, up_tokens: 102_400, moe_tokens: 102_400, eval_tokens: 8_192, task_items: 100 };
 const QUICK: Sizes =
-    Sizes { corpus_mb: 0.3, vocab: 384, base_tokens: 24_576, up_tokens: 12_288, moe_tokens: 12_288, eval_tokens: 2_048 };
+    Sizes { corpus_mb: 0.3, vocab: 384, base_tokens: 24_576, up_tokens: 12_288, moe_tokens: 12_288, eval_tokens: 2_048, task_items: 40 };
 
 /// The demo pipeline as YAML text.
 pub fn demo_yaml(quick: bool) -> String {
@@ -32,9 +34,11 @@ pub fn demo_yaml(quick: bool) -> String {
 #   integer width ratio + interpolation with zero-initialised copies), then continued pretraining.
 # Scale-Out: the exact branch upcycled into 8 experts, top-2, router N(0, 0.02), then trained.
 # Baselines: the same architectures trained from scratch for the same cumulative FLOPs.
+# Every stage's start and end models also answer multiple-choice questions about the corpus's
+# world (`tasks: [builtin]`, as `escale make-tasks` writes them): known facts and held-out ones.
 name: escale demo{quick}
 seed: 1
-eval: {{tokens: {eval_tokens}, seq_len: 128}}
+eval: {{tokens: {eval_tokens}, seq_len: 128, tasks: [builtin], task_items: {task_items}}}
 train: {{seq_len: 128, micro_batch: 8, lr: 0.002, min_lr: 0.0002, warmup_steps: 10, weight_decay: 0.01}}
 stages:
   - prepare:
@@ -71,6 +75,7 @@ stages:
         base_tokens = s.base_tokens,
         up_tokens = s.up_tokens,
         moe_tokens = s.moe_tokens,
+        task_items = s.task_items,
     )
 }
 

@@ -80,6 +80,9 @@ pub struct StageRecord {
     /// Tokenized data and tokenizer (set by the prepare stage; later stages use them).
     #[serde(default)]
     pub data: Option<DataPaths>,
+    /// Multiple-choice accuracy on the start and end models (`eval.tasks`; empty without tasks).
+    #[serde(default)]
+    pub accuracy: Vec<crate::accuracy::StageAccuracy>,
 }
 
 /// Where the prepare stage left the tokens (absolute, or relative to the run directory).
@@ -226,6 +229,7 @@ pub(crate) mod tests {
             key: "k1".into(),
             model_fingerprint: String::new(),
             data: None,
+            accuracy: Vec::new(),
         }
     }
 

@@ -78,6 +78,8 @@ pub struct Summary {
     pub transitions: Vec<Transition>,
     pub baselines: Vec<BaselineComparison>,
     pub sweeps: Vec<SweepEntry>,
+    /// Multiple-choice accuracy per stage and task (`eval.tasks`; see [`crate::accuracy`]).
+    pub accuracy: Vec<crate::accuracy::AccuracyRow>,
     pub total_wall_s: f64,
 }
 
@@ -158,6 +160,7 @@ impl Summary {
             transitions,
             baselines,
             sweeps,
+            accuracy: crate::accuracy::rows(records),
             total_wall_s: records.iter().map(|r| r.wall_s).sum(),
         }
     }
@@ -259,6 +262,7 @@ impl Summary {
                 );
             }
         }
+        s.push_str(&crate::accuracy::markdown(&self.accuracy, figure.map(|_| crate::accuracy::FIGURE_PNG)));
         let _ = writeln!(s, "\nTotal wall time: {}.", duration(self.total_wall_s));
         s
     }
@@ -357,6 +361,7 @@ pub fn write_report(run_dir: &Path, name: &str, records: &[StageRecord]) -> Resu
         svg: run_dir.join("loss_vs_flops.svg"),
     };
     crate::plot::write_figures(records, name, &files.png, &files.svg)?;
+    crate::accuracy::write_figures(records, name, &run_dir.join(crate::accuracy::FIGURE_PNG), &run_dir.join(crate::accuracy::FIGURE_SVG))?;
     write_atomic(&files.summary, &serde_json::to_vec_pretty(&summary)?)?;
     write_atomic(&files.markdown, summary.to_markdown(Some("loss_vs_flops.png")).as_bytes())?;
     Ok((summary, files))
@@ -402,6 +407,7 @@ pub(crate) mod tests {
             key: String::new(),
             model_fingerprint: String::new(),
             data: None,
+            accuracy: Vec::new(),
         };
         let base = rec("base", StageKind::Prepare, None, 0.0, 1e12, 7.0, 4.0);
         let mut up = rec("up", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.01, 3.0);

@@ -79,7 +79,7 @@ impl Context<'_> {
     }
 
     /// Sequence length of the transition measurements: the file's, else the stage's training one.
-    fn eval_seq_len(&self, train: Option<&escale_train::TrainConfig>) -> usize {
+    pub(crate) fn eval_seq_len(&self, train: Option<&escale_train::TrainConfig>) -> usize {
         let default = || escale_train::TrainConfig::default().seq_len;
         self.file.eval.seq_len.or(train.map(|t| t.seq_len)).unwrap_or_else(default)
     }
@@ -137,5 +137,6 @@ fn base_record(stage: &PlannedStage) -> StageRecord {
         key: String::new(),
         model_fingerprint: String::new(),
         data: None,
+        accuracy: Vec::new(),
     }
 }
