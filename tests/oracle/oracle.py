@@ -526,6 +526,8 @@ def cmd_choice_loglik(a):
             row, row_ids, cut = [], [], False
             for text in item["choices"]:
                 cont = tok(text, add_special_tokens=False)["input_ids"]
+                if not cont or len(cont) > window:
+                    raise OracleError(f"continuation {text!r}: {len(cont)} tokens, window {window}")
                 full = ctx + cont
                 if len(full) > window + 1:
                     full, cut = full[-(window + 1):], True

@@ -47,7 +47,7 @@ fn choice_logliks_match_transformers_in_english_and_chinese() {
     // One item with an empty context: the continuation is predicted from BOS.
     items.push(ChoiceItem { task: Some("empty".into()), context: String::new(), choices: vec!["Kotoport.".into(), "罗扎。".into()], answer: 0 });
     // A window short enough that the long (byte-fallback) Chinese contexts are cut, English ones not.
-    let window = 28;
+    let window = 40;
     let tmp = tempfile::tempdir().unwrap();
     let jsonl = tmp.path().join("items.jsonl");
     write_jsonl(&jsonl, &items);

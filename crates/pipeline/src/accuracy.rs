@@ -16,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{write_atomic, StageKind, StageRecord};
+use crate::manifest::{StageKind, StageRecord};
 use crate::schema::{CorpusSpec, StageSpec};
 use crate::stages::Context;
 

@@ -13,11 +13,12 @@ use super::verify::{load_model_with, WeightArgs};
 use crate::flags::choice;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tasks"])))]
 pub struct Args {
     /// Hugging Face model folder (its tokenizer.json tokenizes the text).
     pub model: PathBuf,
     /// Text file to score. Read and tokenized in chunks, so it may be larger than memory.
-    #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
+    #[arg(long, conflicts_with = "tasks")]
     pub text: Option<PathBuf>,
     /// Multiple-choice task files (JSONL: context, choices, answer, optional task; see the README):
     /// accuracy per task in perplexity mode instead of the loss.
