@@ -17,7 +17,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{StageKind, StageRecord};
-use crate::schema::{CorpusSpec, StageSpec};
+use crate::schema::{CorpusSpec, PipelineFile, StageSpec};
 use crate::stages::Context;
 
 /// The task entry that stands for the built-in world questions.
@@ -44,8 +44,8 @@ pub struct StageAccuracy {
 
 /// The `eval.tasks` of the entry defining stage `name` (a sweep's variants share the sweep's),
 /// else the file's.
-fn task_entries<'a>(ctx: &'a Context, name: &str) -> &'a [String] {
-    let own = match ctx.file.stages.iter().find(|s| s.names().iter().any(|n| n == name)) {
+fn task_entries<'a>(file: &'a PipelineFile, name: &str) -> &'a [String] {
+    let own = match file.stages.iter().find(|s| s.names().iter().any(|n| n == name)) {
         Some(StageSpec::Prepare(s)) => s.eval.as_ref(),
         Some(StageSpec::ScaleUp(s)) => s.eval.as_ref(),
         Some(StageSpec::ScaleOut(s)) => s.eval.as_ref(),
@@ -53,13 +53,13 @@ fn task_entries<'a>(ctx: &'a Context, name: &str) -> &'a [String] {
         Some(StageSpec::Sweep(s)) => s.eval.as_ref(),
         None => None,
     };
-    own.map(|e| e.tasks.as_slice()).unwrap_or(ctx.file.eval.tasks.as_slice())
+    own.map(|e| e.tasks.as_slice()).unwrap_or(file.eval.tasks.as_slice())
 }
 
 /// The task files of the stage, with `builtin` generated (once) from the prepare stage's corpus.
 fn task_files(ctx: &Context, name: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in task_entries(ctx, name) {
+    for entry in task_entries(ctx.file, name) {
         if entry != BUILTIN {
             files.push(ctx.abs(Path::new(entry)));
             continue;
@@ -279,6 +279,27 @@ mod tests {
             }];
         }
         records
+    }
+
+    #[test]
+    fn a_stage_eval_replaces_the_file_tasks_and_no_tasks_keeps_the_file_unchanged() {
+        let yaml = |eval: &str, stage_eval: &str| {
+            format!(
+                "{eval}stages:\n  - prepare: {{name: base, corpus: {{builtin: {{size_mb: 0.1}}}}, tokenizer: {{train: {{vocab_size: 300}}}}, model: {{init: {{config: {{hidden_size: 16}}}}}}, train: {{total_tokens: 10}}}}\n  - sweep: {{name: up, target: {{hidden_size: 32}}, variants: [{{method: fpi}}], train: {{total_tokens: 10}}{stage_eval}}}\n"
+            )
+        };
+        let f = PipelineFile::parse(&yaml("eval: {tasks: [builtin, mine.jsonl], task_items: 7}\n", ", eval: {tasks: [other.jsonl]}"), "t").unwrap();
+        assert_eq!(task_entries(&f, "base"), ["builtin", "mine.jsonl"]);
+        assert_eq!(f.eval.task_items, 7);
+        // A sweep's variants take the sweep's own list.
+        assert_eq!(task_entries(&f, "up-fpi"), ["other.jsonl"]);
+        let plain = PipelineFile::parse(&yaml("", ""), "t").unwrap();
+        assert!(task_entries(&plain, "up-fpi").is_empty());
+        // Without tasks, the settings serialise as before issue 17 (so stage keys do not change).
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("tasks") && !json.contains("task_items") && !json.contains("\"eval\":null"), "{json}");
+        let bad = PipelineFile::parse(&yaml("eval: {taks: [a]}\n", ""), "t").unwrap_err().to_string();
+        assert!(bad.contains("taks"), "{bad}");
     }
 
     #[test]
