@@ -8,6 +8,7 @@ by comparing escale with itself. Subcommands (JSON results on stdout, tensors in
   logits      load a folder with AutoModelForCausalLM (f32, eager attention), logits + next-token loss
   adamw-step  loss, gradients and parameters after torch.optim.AdamW step(s), HF checkpoint names
   moe-losses  HF load-balancing loss (transformers' own function), Megatron per-layer aux loss, router z-loss
+  choice-loglik  multiple-choice continuation log-likelihoods (perplexity mode) with transformers' tokenizer
 
 Run `oracle.py SUBCOMMAND --help` for the flags. Errors go to stderr with exit code 2 (bad input) or 1.
 
@@ -492,6 +493,56 @@ def cmd_moe_losses(a):
 
 # ----------------------------------------------------------------------------------------------
 
+
+# ----------------------------------------------------------------------------------------------
+# choice-loglik
+# ----------------------------------------------------------------------------------------------
+
+def cmd_choice_loglik(a):
+    """Perplexity-mode multiple choice: per choice, the summed log-probability of the continuation
+    tokens after the context, with transformers' own tokenizer: context with special tokens,
+    continuation without, concatenated; cut from the left to the last window+1 tokens."""
+    torch = _torch()
+    import transformers
+
+    model = load_model(a.model)
+    tok = transformers.AutoTokenizer.from_pretrained(a.model, local_files_only=True)
+    items = []
+    with open(a.items, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise OracleError(f"{a.items}:{n}: {e}")
+    window = a.window if a.window is not None else model.config.max_position_embeddings
+    loglik, ids_out, truncated = [], [], []
+    with torch.no_grad():
+        for item in items:
+            ctx = tok(item["context"])["input_ids"]
+            if not ctx:
+                start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                ctx = [start]
+            row, row_ids, cut = [], [], False
+            for text in item["choices"]:
+                cont = tok(text, add_special_tokens=False)["input_ids"]
+                if not cont or len(cont) > window:
+                    raise OracleError(f"continuation {text!r}: {len(cont)} tokens, window {window}")
+                full = ctx + cont
+                if len(full) > window + 1:
+                    full, cut = full[-(window + 1):], True
+                x = torch.tensor([full[:-1]], dtype=torch.long)
+                logp = torch.log_softmax(model(input_ids=x, use_cache=False).logits[0].double(), dim=-1)
+                n = len(cont)
+                pos = torch.arange(len(full) - 1 - n, len(full) - 1)
+                row.append(logp[pos, torch.tensor(full[-n:])].sum().item())
+                row_ids.append({"context": ctx, "continuation": cont})
+            loglik.append(row)
+            ids_out.append(row_ids)
+            truncated.append(cut)
+    return {"loglik": loglik, "ids": ids_out, "truncated": truncated, "window": window}
+
+
 def parser():
     p = argparse.ArgumentParser(prog="oracle.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -557,6 +608,12 @@ def parser():
     z.add_argument("--router-logits", required=True, help="safetensors: layer.{l} [tokens, experts]")
     z.add_argument("--k", type=int, required=True, help="experts per token")
     z.set_defaults(fn=cmd_moe_losses)
+
+    c = sub.add_parser("choice-loglik", help="multiple-choice continuation log-likelihoods (perplexity mode)")
+    c.add_argument("--model", required=True, help="model folder with tokenizer.json")
+    c.add_argument("--items", required=True, help="JSONL: context, choices, answer")
+    c.add_argument("--window", type=int, default=None, help="tokens the model reads (default max_position_embeddings)")
+    c.set_defaults(fn=cmd_choice_loglik)
     return p
 
 

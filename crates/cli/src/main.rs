@@ -32,7 +32,7 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Compare two models' logits on the same tokens (exactness check after growth).
     Verify(cmd::verify::Args),
-    /// Validation loss / perplexity of a model on text or a tokenized dataset.
+    /// Validation loss / perplexity of a model on text, or multiple-choice accuracy (--tasks).
     Eval(cmd::eval::Args),
     /// Generate text from a prompt (greedy or sampled, with a KV cache).
     Generate(cmd::generate::Args),
@@ -46,6 +46,8 @@ enum Command {
     TrainTokenizer(cmd::train_tokenizer::Args),
     /// Generate the built-in synthetic bilingual (English + Chinese) corpus.
     MakeCorpus(cmd::make_corpus::Args),
+    /// Multiple-choice questions (JSONL) about the built-in corpus's world, for `eval --tasks`.
+    MakeTasks(cmd::make_tasks::Args),
     /// Create a randomly initialised model from a config.json (training from scratch).
     Init(cmd::init::Args),
     /// Continued pretraining of a dense or MoE model.
@@ -84,6 +86,7 @@ fn main() {
         Command::PrepareData(a) => cmd::prepare_data::run(a),
         Command::TrainTokenizer(a) => cmd::train_tokenizer::run(a),
         Command::MakeCorpus(a) => cmd::make_corpus::run(a),
+        Command::MakeTasks(a) => cmd::make_tasks::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Train(a) => cmd::train::run(a, subcommand_matches(&matches, "train")),
         Command::Run(a) => cmd::run::run(a),

@@ -117,6 +117,32 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
     }
     assert_eq!(svg.matches(&format!(">\n{}\n</text>", escale_pipeline::plot::FAINT_LABEL)).count(), 1, "one entry for the faint runs");
     assert!(run.join("pipeline.yaml").exists(), "the demo keeps its pipeline file");
+    check_demo_accuracy(&run, &summary, &md, &stages);
+}
+
+/// The demo's multiple-choice accuracy (issue 17): every stage scored on the four built-in world
+/// tasks at its start and end, the exact growths starting with their source's answers, the table
+/// in report.md and the figure beside the loss.
+fn check_demo_accuracy(run: &Path, summary: &serde_json::Value, md: &str, stages: &[&str]) {
+    let rows = summary["accuracy"].as_array().unwrap();
+    assert_eq!(rows.len(), stages.len() * 4, "four tasks per stage");
+    let find = |stage: &str, task: &str| rows.iter().find(|r| r["stage"] == stage && r["task"] == task).unwrap_or_else(|| panic!("{stage} {task}"));
+    for r in rows {
+        let (start, end) = (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&start) && (0.0..=1.0).contains(&end) && r["items"].as_u64().unwrap() > 0, "{r}");
+        println!("{} {}: {:.3} -> {:.3} (chance {:.3})", r["stage"], r["task"], start, end, r["chance"].as_f64().unwrap());
+    }
+    for task in ["world-knowledge-en", "world-knowledge-zh", "world-generalisation-en", "world-generalisation-zh"] {
+        // A function-preserving growth answers as its source did (same scores up to rounding).
+        for (from, to) in [("base", "up-exact"), ("up-exact", "moe")] {
+            let (e, s) = (find(from, task)["end"].as_f64().unwrap(), find(to, task)["start"].as_f64().unwrap());
+            assert!((e - s).abs() <= 0.03, "{task}: {from} ends at {e}, {to} starts at {s}");
+        }
+    }
+    assert!(md.contains("## Downstream accuracy") && md.contains("| stage | task | items | chance | start | end |"));
+    assert!(md.contains("](accuracy_vs_flops.png)"));
+    assert_png(&run.join("accuracy_vs_flops.png"));
+    assert!(run.join("tasks/world.jsonl").is_file());
 }
 
 /// A pipeline small enough to run three times in a test: built-in corpus, tiny model, one

@@ -47,11 +47,13 @@
 //! * [`sampler`]: packed `seq_len + 1` windows across document boundaries (like Megatron's
 //!   `GPTDataset`), seeded per-epoch shuffles, exact resume from a [`SamplerState`].
 //! * [`corpus`]: the seeded bilingual world and its documents.
+//! * [`choice`]: multiple-choice task files (JSONL) for `escale eval --tasks`.
 //! * [`bpe`]: byte-level BPE training.
 //!
 //! Errors are [`DataError`]s that name the file (and line) at fault.
 
 pub mod bpe;
+pub mod choice;
 pub mod corpus;
 pub mod error;
 pub mod indexed;
@@ -60,7 +62,8 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use bpe::{save_tokenizer, train_bpe, train_bpe_from_texts, BpeOptions};
-pub use corpus::{make_corpus, CorpusOptions, CorpusSummary};
+pub use choice::{read_choice_items, write_choice_items, ChoiceItem};
+pub use corpus::{make_corpus, CorpusOptions, CorpusSummary, TaskOptions};
 pub use error::{DataError, Result};
 pub use indexed::{DType, IndexedDataset, IndexedDatasetWriter, Tokens, WrittenDataset};
 pub use prepare::{prepare_data, prepare_data_with, InputFormat, OnError, PrepareOptions, PrepareSummary, TextDocs};

@@ -2,6 +2,7 @@
 //! candle, loaded from and saved to HF folders through `escale-formats`, with a forward pass whose
 //! every op has a correct gradient (composite candle-core ops only; see [`ops`]).
 
+pub mod choice;
 pub mod compare;
 pub mod error;
 pub mod evaluate;

@@ -19,6 +19,8 @@ struct Sizes {
     /// Seeds of each learning rate of the dense baseline (the MoE baseline, the dearest stage,
     /// trains one seed).
     baseline_seeds: usize,
+    /// Items per built-in multiple-choice task.
+    task_items: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -29,6 +31,7 @@ const FULL: Sizes = Sizes {
     moe_tokens: 24_576,
     eval_tokens: 8_192,
     baseline_seeds: 1,
+    task_items: 100,
 };
 const QUICK: Sizes = Sizes {
     corpus_mb: 0.3,
@@ -38,6 +41,7 @@ const QUICK: Sizes = Sizes {
     moe_tokens: 6_144,
     eval_tokens: 2_048,
     baseline_seeds: 2,
+    task_items: 40,
 };
 
 /// The demo pipeline as YAML text.
@@ -53,9 +57,11 @@ pub fn demo_yaml(quick: bool) -> String {
 # Baselines: the same architectures trained from scratch for the same cumulative FLOPs.
 # Fairness: the sweep variants and the baselines are each trained at three learning rates for the
 #   same budget and compared at their best (lr_sweep); {seeds_note}
+# Every stage's start and end models also answer multiple-choice questions about the corpus's
+# world (`tasks: [builtin]`, as `escale make-tasks` writes them): known facts and held-out ones.
 name: escale demo{quick}
 seed: 1
-eval: {{tokens: {eval_tokens}, seq_len: 128}}
+eval: {{tokens: {eval_tokens}, seq_len: 128, tasks: [builtin], task_items: {task_items}}}
 train: {{seq_len: 128, micro_batch: 8, lr: 0.002, min_lr: 0.0002, warmup_steps: 10, weight_decay: 0.01}}
 stages:
   - prepare:
@@ -107,6 +113,7 @@ stages:
             "one seed each (the report says\n#   the spread is unknown; `seeds: N` measures it, at N times the cost).".to_string()
         },
         baseline_seeds = if s.baseline_seeds > 1 { format!("\n      seeds: {}", s.baseline_seeds) } else { String::new() },
+        task_items = s.task_items,
     )
 }
 

@@ -54,6 +54,18 @@ pub trait Engine {
     fn train(&self, cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Trained>;
     /// Training FLOPs per token of the model at `model` (the trainer's convention).
     fn flops_per_token(&self, model: &Path, seq_len: usize) -> Result<f64>;
+    /// Writes the built-in world's multiple-choice tasks (`per_task` items each) for the corpus
+    /// `make_corpus(bytes, seed, ..)` generates, as JSONL at `out`.
+    fn make_tasks(&self, bytes: u64, seed: u64, per_task: usize, out: &Path) -> Result<()> {
+        let _ = (bytes, seed, per_task);
+        anyhow::bail!("this engine cannot generate tasks ({})", out.display())
+    }
+    /// Multiple-choice accuracy per task of `model` on the task `files`, reading at most `window`
+    /// tokens at once.
+    fn evaluate_tasks(&self, model: &Path, files: &[PathBuf], window: usize) -> Result<Vec<escale_model::choice::TaskScore>> {
+        let _ = (files, window);
+        anyhow::bail!("this engine cannot evaluate tasks ({})", model.display())
+    }
 }
 
 /// The real engine: escale-data, escale-grow, escale-model and escale-train.
@@ -190,5 +202,26 @@ impl Engine for Escale {
     fn flops_per_token(&self, model: &Path, seq_len: usize) -> Result<f64> {
         let cfg = escale_formats::ModelConfig::from_file(&model.join("config.json"))?;
         Ok(escale_train::flops::training_flops_per_token(&cfg, seq_len))
+    }
+
+    fn make_tasks(&self, bytes: u64, seed: u64, per_task: usize, out: &Path) -> Result<()> {
+        let corpus = escale_data::CorpusOptions { size_bytes: bytes, seed, ..escale_data::CorpusOptions::default() };
+        let options = escale_data::TaskOptions { corpus, per_task, seed };
+        escale_data::corpus::make_tasks(out, &options).with_context(|| format!("generating the built-in tasks into {}", out.display()))?;
+        Ok(())
+    }
+
+    fn evaluate_tasks(&self, model: &Path, files: &[PathBuf], window: usize) -> Result<Vec<escale_model::choice::TaskScore>> {
+        escale_model::set_threads(self.threads);
+        let m = escale_model::Model::load_dir(model, &candle_core::Device::Cpu, candle_core::DType::F32)
+            .with_context(|| format!("loading {}", model.display()))?;
+        let tok = escale_data::TextTokenizer::from_file(model)?;
+        let mut items = Vec::new();
+        for f in files {
+            items.extend(escale_data::read_choice_items(f)?);
+        }
+        let report = escale_model::choice::evaluate_choices(&m, &tok, &items, window, 16, &mut |_| {})
+            .with_context(|| format!("scoring the tasks on {}", model.display()))?;
+        Ok(report.tasks)
     }
 }

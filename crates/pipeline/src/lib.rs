@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod accuracy;
 pub mod engine;
 pub mod stages;
 pub mod runner;

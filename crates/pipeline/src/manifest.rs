@@ -87,6 +87,9 @@ pub struct StageRecord {
     /// Set on each run of a stage trained more than once (learning-rate sweep, seeds).
     #[serde(default)]
     pub run_of: Option<RunOf>,
+    /// Multiple-choice accuracy on the start and end models (`eval.tasks`; empty without tasks).
+    #[serde(default)]
+    pub accuracy: Vec<crate::accuracy::StageAccuracy>,
 }
 
 /// Where the prepare stage left the tokens (absolute, or relative to the run directory).
@@ -235,6 +238,7 @@ pub(crate) mod tests {
             data: None,
             lr: None,
             run_of: None,
+            accuracy: Vec::new(),
         }
     }
 

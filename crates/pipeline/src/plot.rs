@@ -19,7 +19,7 @@ use crate::report::stands_for_stage;
 
 /// Font family the figure asks for: registered from the embedded DejaVu Sans for the PNG, and the
 /// generic family SVG viewers resolve to their own sans-serif font.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (1200, 750);
 /// Legend entry of the validation curves of the runs that do not stand for their stage (the other
 /// points of a learning-rate sweep, the other seeds).
@@ -76,6 +76,34 @@ pub fn write_figures(records: &[StageRecord], title: &str, png: &Path, svg: &Pat
     {
         let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
         draw(&root, records, title)?;
+        root.present().map_err(|e| anyhow!("rendering {}: {e}", tmp.display()))?;
+    }
+    escale_util::publish::commit_file(&tmp, png).with_context(|| format!("writing {}", png.display()))?;
+    Ok(())
+}
+
+/// Renders another figure (`accuracy.rs`) with the same font to both files, each atomically:
+/// `draw_svg` and `draw_png` are the same drawing for the two backends.
+pub(crate) fn write_with(
+    png: &Path,
+    svg: &Path,
+    draw_svg: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<()> {
+    register_font();
+    let mut svg_text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg_text, SIZE).into_drawing_area();
+        draw_svg(&root)?;
+        root.present().map_err(|e| anyhow!("rendering the SVG figure: {e}"))?;
+    }
+    write_atomic(svg, svg_text.as_bytes())?;
+    let mut tmp = escale_util::publish::temp_path(png, "tmp")?.into_os_string();
+    tmp.push(".png");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        draw_png(&root)?;
         root.present().map_err(|e| anyhow!("rendering {}: {e}", tmp.display()))?;
     }
     escale_util::publish::commit_file(&tmp, png).with_context(|| format!("writing {}", png.display()))?;

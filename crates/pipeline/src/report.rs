@@ -99,6 +99,8 @@ pub struct Summary {
     pub sweeps: Vec<SweepEntry>,
     /// Every run of the stages trained more than once (learning-rate sweeps, seeds).
     pub runs: Vec<RunGroup>,
+    /// Multiple-choice accuracy per stage and task (`eval.tasks`; see [`crate::accuracy`]).
+    pub accuracy: Vec<crate::accuracy::AccuracyRow>,
     pub total_wall_s: f64,
 }
 
@@ -207,6 +209,7 @@ impl Summary {
             baselines,
             sweeps,
             runs,
+            accuracy: crate::accuracy::rows(records.iter().copied()),
             total_wall_s: all.iter().map(|r| r.wall_s).sum(),
         }
     }
@@ -316,6 +319,7 @@ impl Summary {
                 );
             }
         }
+        s.push_str(&crate::accuracy::markdown(&self.accuracy, figure.map(|_| crate::accuracy::FIGURE_PNG)));
         let _ = writeln!(s, "\nTotal wall time: {}.", duration(self.total_wall_s));
         s
     }
@@ -491,6 +495,7 @@ pub fn write_report(run_dir: &Path, name: &str, records: &[StageRecord]) -> Resu
         svg: run_dir.join("loss_vs_flops.svg"),
     };
     crate::plot::write_figures(records, name, &files.png, &files.svg)?;
+    crate::accuracy::write_figures(records, name, &run_dir.join(crate::accuracy::FIGURE_PNG), &run_dir.join(crate::accuracy::FIGURE_SVG))?;
     write_atomic(&files.summary, &serde_json::to_vec_pretty(&summary)?)?;
     write_atomic(&files.markdown, summary.to_markdown(Some("loss_vs_flops.png")).as_bytes())?;
     Ok((summary, files))
@@ -539,6 +544,7 @@ pub(crate) mod tests {
             data: None,
             lr: None,
             run_of: None,
+            accuracy: Vec::new(),
         };
         let base = rec("base", StageKind::Prepare, None, 0.0, 1e12, 7.0, 4.0);
         let mut up = rec("up", StageKind::ScaleUp, Some("base"), 1e12, 3e12, 4.01, 3.0);

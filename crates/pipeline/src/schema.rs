@@ -49,6 +49,28 @@ pub struct EvalSpec {
     /// Sequence length of the evaluation windows; defaults to the training sequence length.
     #[serde(default)]
     pub seq_len: Option<usize>,
+    /// Multiple-choice task files (JSONL, relative to this file) scored on every stage's start and
+    /// end models, or `builtin` for the built-in world questions ([`crate::accuracy`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    /// Items per built-in task.
+    #[serde(default = "default_task_items", skip_serializing_if = "is_default_task_items")]
+    pub task_items: usize,
+}
+
+/// A stage's own `eval:` (overrides the file's `eval.tasks` for that stage).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageEval {
+    pub tasks: Vec<String>,
+}
+
+fn default_task_items() -> usize {
+    100
+}
+
+fn is_default_task_items(n: &usize) -> bool {
+    *n == default_task_items()
 }
 
 fn default_eval_tokens() -> u64 {
@@ -57,7 +79,7 @@ fn default_eval_tokens() -> u64 {
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        EvalSpec { tokens: default_eval_tokens(), seq_len: None }
+        EvalSpec { tokens: default_eval_tokens(), seq_len: None, tasks: Vec::new(), task_items: default_task_items() }
     }
 }
 
@@ -162,6 +184,9 @@ pub struct PrepareSpec {
     /// at random, also its initialisation): the report shows their mean and spread.
     #[serde(default = "one_seed")]
     pub seeds: usize,
+    /// Multiple-choice tasks for this stage (instead of the file's `eval.tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<StageEval>,
 }
 
 fn default_valid_fraction() -> f64 {
@@ -200,6 +225,9 @@ pub struct ScaleUpSpec {
     /// at random, also its initialisation): the report shows their mean and spread.
     #[serde(default = "one_seed")]
     pub seeds: usize,
+    /// Multiple-choice tasks for this stage (instead of the file's `eval.tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<StageEval>,
 }
 
 fn default_up_method() -> Method {
@@ -244,6 +272,9 @@ pub struct SweepSpec {
     /// at random, also its initialisation): the report shows their mean and spread.
     #[serde(default = "one_seed")]
     pub seeds: usize,
+    /// Multiple-choice tasks for this stage (instead of the file's `eval.tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<StageEval>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -275,6 +306,9 @@ pub struct ScaleOutSpec {
     /// at random, also its initialisation): the report shows their mean and spread.
     #[serde(default = "one_seed")]
     pub seeds: usize,
+    /// Multiple-choice tasks for this stage (instead of the file's `eval.tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<StageEval>,
 }
 
 fn default_experts() -> usize {
@@ -326,6 +360,9 @@ pub struct BaselineSpec {
     /// at random, also its initialisation): the report shows their mean and spread.
     #[serde(default = "one_seed")]
     pub seeds: usize,
+    /// Multiple-choice tasks for this stage (instead of the file's `eval.tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<StageEval>,
 }
 
 fn one_seed() -> usize {

@@ -1,10 +1,12 @@
 //! One file per subcommand.
 pub mod demo;
 pub mod eval;
+pub mod eval_tasks;
 pub mod generate;
 pub mod init;
 pub mod inspect;
 pub mod make_corpus;
+pub mod make_tasks;
 pub mod prepare_data;
 pub mod progress;
 pub mod run;

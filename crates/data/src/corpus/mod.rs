@@ -31,6 +31,7 @@
 
 pub mod lexicon;
 pub mod render;
+pub mod tasks;
 pub mod world;
 
 use std::io::Write;
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use render::{Document, Lang};
+pub use tasks::{make_tasks, TaskOptions, TasksSummary};
 pub use world::World;
 
 use crate::error::{DataError, Result};

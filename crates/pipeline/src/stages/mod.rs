@@ -83,7 +83,7 @@ impl Context<'_> {
     }
 
     /// Sequence length of the transition measurements: the file's, else the stage's training one.
-    fn eval_seq_len(&self, train: Option<&escale_train::TrainConfig>) -> usize {
+    pub(crate) fn eval_seq_len(&self, train: Option<&escale_train::TrainConfig>) -> usize {
         let default = || escale_train::TrainConfig::default().seq_len;
         self.file.eval.seq_len.or(train.map(|t| t.seq_len)).unwrap_or_else(default)
     }
@@ -143,5 +143,6 @@ fn base_record(stage: &PlannedStage) -> StageRecord {
         data: None,
         lr: None,
         run_of: stage.run_of.clone(),
+        accuracy: Vec::new(),
     }
 }

@@ -52,6 +52,7 @@ pub fn train_and_measure(
         Some(_) => Some(ctx.evaluate(data, &model, ctx.eval_seq_len(train))?),
         None => start.val_loss,
     };
+    let accuracy = crate::accuracy::measure(ctx, &base.name, train, start.model, train.map(|_| model.as_path()))?;
     let (arch, params_total, params_active) = describe_arch(&model)?;
     let curve = curve.shifted(start.flops).with_start(start.flops, start.val_loss);
     Ok(StageRecord {
@@ -66,6 +67,7 @@ pub fn train_and_measure(
         model_dir: ctx.relative(&model),
         curve,
         lr: train.map(|t| t.lr),
+        accuracy,
         ..base
     })
 }
