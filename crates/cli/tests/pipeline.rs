@@ -74,13 +74,13 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
         println!("{} {} vs baseline {} {}", b["stage"], b["stage_val_loss"], b["baseline"], b["baseline_val_loss"]);
     }
 
-    // Learning-rate sweeps: every point of every swept stage is listed, the chosen one is the
-    // lowest mean final loss, and the stage's row is that run. The baselines have two seeds.
+    // Learning-rate sweeps: every point of the swept stage (the quick demo sweeps the dense
+    // baseline only) is listed, the chosen one is the lowest final loss, and the stage's row is that run.
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(stdout.contains("learning-rate sweeps and seeds"), "{stdout}");
     let groups = summary["runs"].as_array().unwrap();
     let swept: Vec<&str> = groups.iter().map(|g| g["stage"].as_str().unwrap()).collect();
-    assert_eq!(swept, ["up-aki-pro", "up-exact", "up-scratch", "moe-scratch"]);
+    assert_eq!(swept, ["up-scratch"]);
     for g in groups {
         let points = g["points"].as_array().unwrap();
         let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
@@ -89,7 +89,7 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
             .iter()
             .map(|p| {
                 let runs = p["runs"].as_array().unwrap();
-                assert_eq!(runs.len(), if g["stage"] == "up-scratch" { 2 } else { 1 }, "the dense baseline has two seeds");
+                assert_eq!(runs.len(), 1, "one seed per point in the quick demo");
                 runs.iter().map(|r| r["val_loss_end"].as_f64().unwrap()).sum::<f64>() / runs.len() as f64
             })
             .collect();
@@ -102,8 +102,7 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
         assert!(md.contains(&format!("**{}** (", g["stage"].as_str().unwrap())), "report.md lists the runs of {}", g["stage"]);
     }
     let dense = baselines.iter().find(|b| b["baseline"] == "up-scratch").unwrap();
-    assert_eq!(dense["baseline_seeds"]["n"], 2);
-    assert!(dense["exceeds_spread"].is_boolean(), "a spread was measured: {dense}");
+    assert_eq!(dense["baseline_seeds"]["n"], 1, "{dense}");
     for heading in ["## Stages", "## Transitions", "## Scale-up initialisations side by side", "## Learning-rate sweeps and seeds", "## Grown models against from-scratch"] {
         assert!(md.contains(heading), "report.md lacks {heading}");
     }
