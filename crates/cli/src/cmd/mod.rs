@@ -5,6 +5,7 @@ pub mod generate;
 pub mod init;
 pub mod inspect;
 pub mod make_corpus;
+pub mod megatron;
 pub mod prepare_data;
 pub mod progress;
 pub mod run;
