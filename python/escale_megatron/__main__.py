@@ -159,7 +159,7 @@ def cmd_dataset(a):
         tokens = numpy.asarray(item["tokens"]).tolist()
         labels = numpy.asarray(item["labels"]).tolist()
         samples.append({"tokens": tokens, "labels": labels})
-    result = {"documents": documents, "dtype": str(indexed.index.dtype), "samples": samples, "megatron_core": version}
+    result = {"documents": documents, "dtype": numpy.dtype(indexed.index.dtype).name, "samples": samples, "megatron_core": version}
     with open(a.out, "w") as f:
         json.dump(result, f)
     return {"documents": len(documents), "samples": len(samples), "megatron_core": version}
