@@ -5,6 +5,7 @@
     python -m escale_megatron dump-checkpoint --model M.json --checkpoint ITER_DIR --out S.safetensors
     python -m escale_megatron forward --model M.json --checkpoint ITER_DIR --ids IDS.json --out LOGITS.safetensors
     python -m escale_megatron dataset --prefix DATA_PREFIX --seq-len S --samples N --seed N --out OUT.json
+    python -m escale_megatron train-steps --model M.json --checkpoint ITER_DIR --ids IDS.json --steps N [optimizer flags]
 
 M.json is the model description escale writes (TransformerConfig and GPTModel arguments);
 S.safetensors holds tensors under megatron-core's local-spec names (`decoder.layers.0.self_attention.linear_qkv.weight`).
@@ -196,6 +197,9 @@ def parser():
     ds.add_argument("--cache", default=None)
     ds.add_argument("--out", required=True)
     ds.set_defaults(fn=cmd_dataset)
+    from .train import add_parser
+
+    add_parser(sub)
     return p
 
 
