@@ -33,27 +33,33 @@ def cmd_check(_a):
     return {"megatron_core": check_version(), "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _load_state_strict(model, state, source):
+def _load_state_strict(model, path):
+    """Copies the tensors of the safetensors file `path` into the model's parameters one at a time
+    (peak memory: the model plus one tensor), after checking names, shapes and dtypes."""
+    import torch
+    from safetensors import safe_open
+
     expected = _model_state(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise BridgeError(f"{source}: tensors do not match the GPTModel built from the description: "
-                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise BridgeError(f"{source}: `{name}` has shape {list(tensor.shape)}, GPTModel expects {list(expected[name].shape)}")
-        if tensor.dtype != expected[name].dtype:
-            raise BridgeError(f"{source}: `{name}` is {tensor.dtype}, GPTModel holds {expected[name].dtype}")
-    result = model.load_state_dict(state, strict=False)
-    leftover = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-    if leftover or result.unexpected_keys:
-        raise BridgeError(f"{source}: load_state_dict left {leftover[:8]} missing, {result.unexpected_keys[:8]} unexpected")
+    with safe_open(path, framework="pt") as f:
+        names = set(f.keys())
+        missing = sorted(set(expected) - names)
+        unexpected = sorted(names - set(expected))
+        if missing or unexpected:
+            raise BridgeError(f"{path}: tensors do not match the GPTModel built from the description: "
+                              f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+        with torch.no_grad():
+            for name in sorted(names):
+                tensor = f.get_tensor(name)
+                target = expected[name]
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise BridgeError(f"{path}: `{name}` has shape {list(tensor.shape)}, GPTModel expects {list(target.shape)}")
+                if tensor.dtype != target.dtype:
+                    raise BridgeError(f"{path}: `{name}` is {tensor.dtype}, GPTModel holds {target.dtype}")
+                target.copy_(tensor)
 
 
 def cmd_save_checkpoint(a):
     from megatron.core import dist_checkpointing
-    from safetensors.torch import load_file
 
     from .build import build_model, check_version, init_distributed, read_description
 
@@ -61,7 +67,7 @@ def cmd_save_checkpoint(a):
     desc = read_description(a.model)
     init_distributed()
     model = build_model(desc)
-    _load_state_strict(model, load_file(a.state), a.state)
+    _load_state_strict(model, a.state)
     # The layout Megatron-LM's `--load` reads: model under "model", plus the version keys it checks.
     state = {"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0}
     os.makedirs(a.out, exist_ok=True)
