@@ -56,6 +56,12 @@ enum Command {
     Run(cmd::run::Args),
     /// Run the built-in demo pipeline on the built-in corpus.
     Demo(cmd::demo::Args),
+    /// Export a model to a distributed engine's checkpoint (Megatron-Core).
+    #[command(subcommand)]
+    Export(cmd::megatron::ExportTarget),
+    /// Import a distributed engine's checkpoint (Megatron-Core) back to a Hugging Face folder.
+    #[command(subcommand)]
+    Import(cmd::megatron::ImportSource),
 }
 
 fn subcommand_matches<'a>(matches: &'a clap::ArgMatches, name: &str) -> &'a clap::ArgMatches {
@@ -91,6 +97,8 @@ fn main() {
         Command::Train(a) => cmd::train::run(a, subcommand_matches(&matches, "train")),
         Command::Run(a) => cmd::run::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Export(t) => cmd::megatron::run_export(t),
+        Command::Import(s) => cmd::megatron::run_import(s),
     };
     if let Err(err) = result {
         // `{:#}` prints the whole context chain on one line: "reading X: tensor Y: ..."

@@ -7,6 +7,7 @@ pub mod init;
 pub mod inspect;
 pub mod make_corpus;
 pub mod make_tasks;
+pub mod megatron;
 pub mod prepare_data;
 pub mod progress;
 pub mod run;
