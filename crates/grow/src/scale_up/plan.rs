@@ -108,6 +108,7 @@ impl ScaleUpPlan {
         let dims = target_dims(source, target)?;
         check_growth(source, dims)?;
         check_target_sizes(source, dims)?;
+        check_loadable(source, dims)?;
         check_options(source, dims, options)?;
 
         let seed = options.seed;
@@ -137,7 +138,8 @@ impl ScaleUpPlan {
             exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
         }
         let tensors = output_tensors(&cfg, &depth);
-        let warnings = target_warnings(source, dims);
+        // Nothing to announce about the target today (what transformers would refuse is refused above).
+        let warnings = Vec::new();
         Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors, warnings })
     }
 
@@ -302,20 +304,26 @@ fn check_target_sizes(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError>
     Ok(())
 }
 
-/// What the user must hear about the output config. transformers 5's LlamaConfig refuses
-/// `hidden_size % num_attention_heads != 0` even with an explicit `head_dim` (checked with the
-/// oracle, transformers 5.24); mistral and qwen2 accept the explicit `head_dim` that
-/// `ModelConfig::to_json` writes once the width changes, so they need no warning.
-fn target_warnings(source: &ModelConfig, d: Dims) -> Vec<String> {
+/// Refuses a target that the family's main consumer cannot load. transformers 5's LlamaConfig
+/// refuses `hidden_size % num_attention_heads != 0` even with an explicit `head_dim` (checked with
+/// the oracle, transformers 5.24), so escale must not write one; mistral and qwen2 honour the
+/// explicit `head_dim` that `ModelConfig::to_json` writes once the width changes.
+fn check_loadable(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
     if source.model_type == escale_formats::ModelType::Llama && d.hidden % d.heads != 0 {
-        return vec![format!(
-            "warning: target hidden_size {} is not a multiple of num_attention_heads {}: escale writes head_dim {} \
-             explicitly and loads the result, but transformers refuses such a llama config (pick a hidden size \
-             that is a multiple of the head count for a checkpoint transformers loads)",
-            d.hidden, d.heads, source.head_dim
-        )];
+        let (below, above) = (d.hidden / d.heads * d.heads, d.hidden.div_ceil(d.heads) * d.heads);
+        return Err(invalid(
+            source.source(),
+            format!(
+                "target hidden_size {} (--hidden) is not a multiple of num_attention_heads {} (--heads): transformers \
+                 refuses such a llama config even with an explicit head_dim, so the checkpoint could not be loaded \
+                 there (pick a multiple of the head count, e.g. {}, or another head count)",
+                d.hidden,
+                d.heads,
+                if below >= source.hidden_size { format!("{below} or {above}") } else { above.to_string() }
+            ),
+        ));
     }
-    Vec::new()
+    Ok(())
 }
 
 fn check_options(source: &ModelConfig, d: Dims, o: &ScaleUpOptions) -> Result<(), ScaleUpError> {

@@ -132,28 +132,44 @@ fn default_init_config() -> serde_json::Map<String, serde_json::Value> {
     v.as_object().cloned().expect("object literal")
 }
 
-/// Vocabulary size a model needs for a tokenizer.json: the largest id in its vocabulary or added
-/// tokens, plus one.
+/// Vocabulary size a model needs for a tokenizer.json: escale's one reading of tokenizers
+/// ([`escale_data::TextTokenizer::vocab_size`], largest id + 1, added tokens included), whatever
+/// the tokenizer's model type.
 fn vocab_size(tokenizer: &Path) -> Result<usize> {
-    let text = std::fs::read(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("parsing {}", tokenizer.display()))?;
-    let max_id = |ids: Option<Vec<u64>>| ids.and_then(|ids| ids.into_iter().max()).unwrap_or(0);
-    let vocab = max_id(v["model"]["vocab"].as_object().map(|m| m.values().filter_map(|x| x.as_u64()).collect()));
-    let added = max_id(v["added_tokens"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_u64()).collect()));
-    let max = vocab.max(added);
-    anyhow::ensure!(max > 0, "{}: no vocabulary found", tokenizer.display());
-    Ok(max as usize + 1)
+    let t = escale_data::TextTokenizer::from_file(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
+    Ok(t.vocab_size())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tokenizer_json(model: serde_json::Value, added: serde_json::Value) -> String {
+        serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null, "model": model})
+        .to_string()
+    }
+
     #[test]
     fn vocab_size_counts_added_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tokenizer.json");
-        std::fs::write(&p, r#"{"model": {"vocab": {"a": 0, "b": 7}}, "added_tokens": [{"id": 9, "content": "<eos>"}]}"#).unwrap();
+        let model = serde_json::json!({"type": "WordLevel", "vocab": {"a": 0, "b": 7, "<unk>": 1}, "unk_token": "<unk>"});
+        let added = serde_json::json!([{"id": 9, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true}]);
+        std::fs::write(&p, tokenizer_json(model, added)).unwrap();
         assert_eq!(vocab_size(&p).unwrap(), 10);
+    }
+
+    /// A Unigram (sentencepiece-style) tokenizer lists its vocabulary as `[piece, score]` pairs,
+    /// not a map: the size comes from the tokenizer itself, not from one JSON layout.
+    #[test]
+    fn vocab_size_reads_every_tokenizer_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        let model = serde_json::json!({"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0], ["ab", -3.0]],
+            "byte_fallback": false});
+        std::fs::write(&p, tokenizer_json(model, serde_json::json!([]))).unwrap();
+        assert_eq!(vocab_size(&p).unwrap(), 4);
     }
 }
