@@ -3,7 +3,7 @@
 //! flags are refused. Skipped when shared/ is absent.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;

@@ -1,7 +1,7 @@
 //! `escale make-corpus`, `train-tokenizer` and `prepare-data` end to end.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use escale_data::{DType, IndexedDataset, TextTokenizer};
 

@@ -2,7 +2,6 @@
 //! derived from it (a perturbed copy, a Mixtral upcycled from it) and on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use escale_formats::naming::{parse_hf_name, LayerParam, MlpSite, Param};

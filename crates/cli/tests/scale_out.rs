@@ -1,8 +1,5 @@
 //! `escale scale-out` end to end on the real stories260K model (skipped when shared/ is absent).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use escale_formats::{Checkpoint, LayerParam, MlpPart, MlpSite, ModelType, Param};
 
 mod common;

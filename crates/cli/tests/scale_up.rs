@@ -1,8 +1,8 @@
 //! `escale scale-up` end to end on the real stories260K model, checked with `escale verify`
 //! (skipped when shared/ is absent), plus its errors on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use escale_formats::Checkpoint;
 

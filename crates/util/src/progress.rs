@@ -151,8 +151,8 @@ mod tests {
         let after_failure = calls.load(Ordering::SeqCst);
         assert!(after_failure <= 4, "{after_failure} terminal calls: drawing went on after the first failed write");
         bar.inc(5);
-        bar.finish();
         assert_eq!(bar.position(), 106, "the work is still counted");
+        bar.finish();
         assert_eq!(calls.load(Ordering::SeqCst), after_failure);
     }
 

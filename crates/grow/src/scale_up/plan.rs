@@ -465,8 +465,10 @@ mod tests {
         ModelConfig::from_json(v, Path::new("src/config.json")).unwrap()
     }
 
+    /// mistral, not llama: the targets below include widths that are not a multiple of the
+    /// head count, which llama refuses (`check_loadable`).
     fn tiny() -> ModelConfig {
-        cfg(json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
+        cfg(json!({"model_type": "mistral", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4}))
     }
 
@@ -598,7 +600,7 @@ mod tests {
             "attention_bias": true, "mlp_bias": true}));
         for method in Method::ALL {
             let o = ScaleUpOptions { method, fanout: Fanout::Lemon { scale: 0.1 }, aki_scope: AkiScope::All, ..Default::default() };
-            let plan = ScaleUpPlan::new(&src, &dims(10, 15, 6, 5), &o).unwrap();
+            let plan = ScaleUpPlan::new(&src, &dims(12, 15, 6, 5), &o).unwrap();
             for t in &plan.tensors {
                 let rule = plan.rule_for(t);
                 assert_eq!(rule.rows.len() * rule.cols.len(), t.shape.iter().product::<usize>(), "{}", t.name);
@@ -663,7 +665,7 @@ mod tests {
     }
 
     fn target_cfg(edit: impl FnOnce(&mut serde_json::Value)) -> Target {
-        let mut v = json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24,
+        let mut v = json!({"model_type": "mistral", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24,
             "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 4});
         edit(&mut v);
         Target::Config(Box::new(ModelConfig::from_json(v, Path::new("target/config.json")).unwrap()))
@@ -681,6 +683,18 @@ mod tests {
         assert!(e.contains("vocab_size"), "{e}");
         let e = err(&tiny(), target_cfg(|v| v["model_type"] = "qwen2".into()), fpi());
         assert!(e.contains("model_type"), "{e}");
+    }
+
+    /// transformers refuses a llama with hidden % heads != 0 even with an explicit head_dim; the
+    /// same target on mistral (which honours head_dim) is fine.
+    #[test]
+    fn llama_targets_transformers_refuses_are_refused() {
+        let llama = cfg(json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4}));
+        let e = err(&llama, dims(10, 12, 4, 4), fpi());
+        assert!(e.contains("hidden_size 10 (--hidden) is not a multiple of num_attention_heads 4") && e.contains("e.g. 8 or 12"), "{e}");
+        assert!(ScaleUpPlan::new(&llama, &dims(12, 12, 4, 4), &fpi()).is_ok());
+        assert!(ScaleUpPlan::new(&tiny(), &dims(10, 12, 4, 4), &fpi()).is_ok(), "mistral takes the explicit head_dim");
     }
 
     #[test]
