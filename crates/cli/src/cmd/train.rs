@@ -200,7 +200,7 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let quiet = cfg.progress_bar;
-    let summary = escale_train::train_until(&cfg, &crate::signals::STOP, &mut |ev| match ev {
+    let summary = escale_train::train_until(&cfg, crate::signals::STOP, &mut |ev| match ev {
         TrainEvent::Started { start_step, total_steps, resumed_from } => {
             bar.set_position(start_step);
             match resumed_from {
