@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set by the first SIGINT/SIGTERM; the trainer polls it once per step (`train_until`).
-pub static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by the first SIGINT/SIGTERM: `escale_util::stop`'s flag, which the trainer polls once per
+/// step (`train_until`), growths between tensors and tokenizing between batches.
+pub static STOP: &AtomicBool = escale_util::stop::flag();
 
 /// Exit status of an interrupted run: 128 + SIGINT, as shells report a Ctrl-C.
 pub const INTERRUPTED_EXIT: i32 = 130;
@@ -41,7 +42,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + sig) }
     }
-    let note = b"\ninterrupted: finishing this step and writing a checkpoint (signal again to abort)\n";
+    let note = b"\ninterrupted: stopping at the next safe point (training: after this step, with a checkpoint); signal again to abort\n";
     // SAFETY: write(2) is async-signal-safe; a failed write (closed stderr) is ignored.
     unsafe {
         libc::write(libc::STDERR_FILENO, note.as_ptr().cast(), note.len());

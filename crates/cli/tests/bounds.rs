@@ -3,15 +3,11 @@
 //! flags are refused. Skipped when shared/ is absent.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{copy_model, stories};
-
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
-}
+use common::{copy_model, run_escale as escale, stories};
 
 fn text(o: &Output) -> String {
     format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -140,6 +136,29 @@ fn unknown_tensors_are_refused_unless_ignored() {
     // Model loading (the trainer's path) refuses them too.
     let err = escale_model::Model::load_dir(&m, &candle_core::Device::Cpu, candle_core::DType::F32).err().unwrap().to_string();
     assert!(err.contains("o_proj.bias"), "{err}");
+
+    // Training refuses them with the same flag to name, and with it drops them and trains.
+    let data = tmp.path().join("data");
+    let docs: Vec<Vec<u32>> = (0..16u32).map(|d| (0..40).map(|i| (d * 7 + i) % 500).collect()).collect();
+    escale_data::indexed::write_dataset(&data, escale_data::DType::U16, &docs).unwrap();
+    let run = tmp.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", ms, "--data", data.to_str().unwrap(), "--output", run.to_str().unwrap()];
+        args.extend(["--steps", "2", "--seq-len", "16", "--micro-batch", "2", "--threads", "1"]);
+        args.extend_from_slice(extra);
+        escale(&args)
+    };
+    let o = train(&[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("model.layers.0.self_attn.o_proj.bias") && t.contains("--ignore-unknown"), "{t}");
+    assert!(!run.join("checkpoints").exists(), "nothing trained: {t}");
+    let o = train(&["--ignore-unknown"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("warning") && t.contains("o_proj.bias"), "the dropped tensors are named: {t}");
+    let trained = escale_formats::Checkpoint::open(&run.join("checkpoints/step-00000002")).unwrap();
+    assert!(trained.tensors().iter().all(|t| !t.name.contains("o_proj.bias") && !t.name.contains("layers.5.")), "dropped tensors are not saved");
 }
 
 #[test]
@@ -171,12 +190,23 @@ fn bad_flags_and_config_values_are_refused() {
 }
 
 #[test]
-fn llama_hidden_not_divisible_by_heads_is_announced() {
+fn llama_hidden_not_divisible_by_heads_is_refused() {
     let Some(src) = stories() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let o = escale(&["scale-up", src.to_str().unwrap(), out.to_str().unwrap(), "--hidden", "100", "--heads", "12", "--dry-run"]);
+    for dry_run in [true, false] {
+        let mut args = vec!["scale-up", src.to_str().unwrap(), out.to_str().unwrap(), "--hidden", "100", "--heads", "12"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let o = escale(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("hidden_size 100 (--hidden) is not a multiple of num_attention_heads 12") && err.contains("transformers"), "{err}");
+        assert!(err.contains("e.g. 96 or 108"), "{err}");
+        assert!(!out.exists(), "nothing written");
+    }
+    // A multiple of the head count is accepted.
+    let o = escale(&["scale-up", src.to_str().unwrap(), out.to_str().unwrap(), "--hidden", "96", "--heads", "12", "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not a multiple of num_attention_heads 12") && err.contains("transformers"), "{err}");
 }

@@ -1,13 +1,12 @@
 //! `escale make-corpus`, `train-tokenizer` and `prepare-data` end to end.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use escale_data::{DType, IndexedDataset, TextTokenizer};
 
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
-}
+mod common;
+use common::run_escale as escale;
 
 fn ok(o: &Output) -> String {
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -116,4 +115,14 @@ fn prepare_data_bad_input() {
     assert!(e.contains("--size lots"), "{e}");
     let e = fail(&escale(&["train-tokenizer", s(&good), "--vocab-size", "100", "--output", s(&out)]));
     assert!(e.contains("at least 256"), "{e}");
+}
+
+/// `--batch-mb`'s default in the help is the library's default batch size, in its unit (MB).
+#[test]
+fn batch_size_help_shows_the_library_default() {
+    let help = ok(&escale(&["prepare-data", "--help"]));
+    let line = help.lines().skip_while(|l| !l.contains("--batch-mb")).take(4).collect::<Vec<_>>().join(" ");
+    let shown: f64 = line.split("[default: ").nth(1).and_then(|r| r.split(']').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(line.contains("10^6 bytes"), "{line}");
+    assert_eq!(shown * 1e6, escale_data::PrepareOptions::default().batch_bytes as f64, "{line}");
 }

@@ -1,21 +1,9 @@
 //! `escale inspect` end to end: counts on the real stories260K model, and clean failures.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::run_escale as escale;
 
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("escale runs")
-}
-
-fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: ../shared not found (test data lives there)");
-        None
-    }
-}
+use escale_testkit::shared_dir as shared;
 
 #[test]
 fn inspect_reports_stories260k() {

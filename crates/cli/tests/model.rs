@@ -2,7 +2,6 @@
 //! derived from it (a perturbed copy, a Mixtral upcycled from it) and on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use escale_formats::naming::{parse_hf_name, LayerParam, MlpSite, Param};
@@ -10,9 +9,8 @@ use escale_formats::{hf_name, ModelConfig, ModelType, MoeConfig, WriterOptions};
 use escale_model::Model;
 use serde_json::Value;
 
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("escale runs")
-}
+mod common;
+use common::run_escale as escale;
 
 fn ok_json(args: &[&str]) -> Value {
     let out = escale(args);
@@ -26,15 +24,7 @@ fn err_text(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: ../shared not found (test data lives there)");
-        None
-    }
-}
+use escale_testkit::shared_dir as shared;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -254,3 +254,67 @@ fn invalid_pipeline_files_name_the_yaml_path() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
 }
+
+/// Issue 13: Ctrl-C (SIGINT) while a pipeline tokenizes stops the prepare stage between two
+/// batches: exit status 130, a message saying how to resume, no data published and no staging
+/// left; the same command then finishes the run. Skipped when shared/ is absent.
+#[test]
+fn sigint_while_tokenizing_stops_the_stage_and_a_rerun_finishes_it() {
+    let Some(shared) = escale_testkit::shared_dir() else { return };
+    let tokenizer = shared.join("testdata/tokenizers/aquila/tokenizer.json");
+    let text = std::fs::read_to_string(shared.join("testdata/corpus/en/tinyshakespeare.txt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // About 24 MB: three encoding batches, so the stop lands before the last one.
+    std::fs::write(dir.path().join("corpus.txt"), text.repeat(22)).unwrap();
+    let yaml = format!(
+        r#"
+seed: 1
+eval: {{tokens: 256, seq_len: 32}}
+train: {{seq_len: 32, micro_batch: 2, lr: 0.003}}
+stages:
+  - prepare:
+      name: base
+      corpus: {{text: {{paths: [corpus.txt]}}}}
+      tokenizer: {{path: {}}}
+      valid_fraction: 0.01
+      model: {{init: {{config: {{hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
+                              num_attention_heads: 2, num_key_value_heads: 1}}}}}}
+      train: {{total_tokens: 256}}
+"#,
+        tokenizer.display()
+    );
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let run = dir.path().join("run");
+
+    let mut child = escale().arg("run").arg(&file).arg("-o").arg(&run).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        let mut signalled = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if !signalled && line.contains("tokenizing") {
+                signalled = true;
+                assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+            }
+        }
+        seen
+    });
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted exit status:\n{stderr}");
+    assert!(stderr.contains("interrupted") && stderr.contains("run the same command again"), "{stderr}");
+    let data = run.join("base/data");
+    let left: Vec<_> = std::fs::read_dir(&data).map(|rd| rd.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "no data published and no staging left: {left:?}\n{stderr}");
+    assert!(!run.join("base/stage.json").exists());
+
+    let out = run_ok(escale().arg("run").arg(&file).arg("-o").arg(&run));
+    assert!(run.join("base/stage.json").is_file(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+

@@ -1,23 +1,9 @@
 //! `escale scale-out` end to end on the real stories260K model (skipped when shared/ is absent).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use escale_formats::{Checkpoint, LayerParam, MlpPart, MlpSite, ModelType, Param};
 
-fn stories() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/models/stories260K");
-    if dir.join("config.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: {} not found (shared test data absent)", dir.display());
-        None
-    }
-}
-
-fn escale(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
-}
+mod common;
+use common::{run_escale as escale, stories};
 
 #[test]
 fn scale_out_writes_an_exact_mixtral_and_reports_it() {

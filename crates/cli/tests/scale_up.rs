@@ -1,30 +1,19 @@
 //! `escale scale-up` end to end on the real stories260K model, checked with `escale verify`
 //! (skipped when shared/ is absent), plus its errors on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use escale_formats::Checkpoint;
 
-fn shared() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
-    if dir.join("models/stories260K/config.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: {} not found (shared test data absent)", dir.display());
-        None
-    }
-}
-
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("run escale")
-}
+mod common;
+use common::{run_escale as escale, testdata as shared};
 
 fn text(o: &Output) -> String {
     format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-const GROW: [&str; 8] = ["--hidden", "80", "--intermediate", "215", "--heads", "12", "--layers", "10"];
+const GROW: [&str; 8] = ["--hidden", "96", "--intermediate", "215", "--heads", "12", "--layers", "10"];
 
 fn scale_up(src: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["scale-up", src.to_str().unwrap(), out.to_str().unwrap(), "--quiet"];
@@ -44,7 +33,7 @@ fn exact_growth_passes_verify_on_tinyshakespeare() {
     let o = scale_up(&src, &out, &args);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("hidden 64 -> 80") && stdout.contains("exact:") && !stdout.contains("NOT exact"), "{stdout}");
+    assert!(stdout.contains("hidden 64 -> 96") && stdout.contains("exact:") && !stdout.contains("NOT exact"), "{stdout}");
     assert!(Checkpoint::open(&out).unwrap().shard_paths().count() > 1, "--max-shard-size is honoured");
     let v = escale(&[
         "verify", src.to_str().unwrap(), out.to_str().unwrap(), "--text", corpus.to_str().unwrap(), "--max-tokens", "512",

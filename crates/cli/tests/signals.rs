@@ -3,37 +3,15 @@
 //! an error chain prints each cause once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+mod common;
+use common::{dataset, escale, ok};
 
-fn escale() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_escale"))
-}
-
-fn ok(out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "escale failed ({}):\n{stderr}", out.status);
-    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
-}
-
+/// The tiny model every test here trains.
 fn init(dir: &Path) -> PathBuf {
-    let cfg = json!({"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 64, "initializer_range": 0.1});
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let out = dir.join("model");
-    ok(escale().args(["init", "--config"]).arg(&cfg_path).arg("--output").arg(&out).args(["--seed", "3"]).output().unwrap());
-    out
-}
-
-fn dataset(dir: &Path) -> PathBuf {
-    let prefix = dir.join("data");
-    let docs: Vec<Vec<u32>> = (0..32u32).map(|d| (0..40).map(|i| (d + i) % 16).collect()).collect();
-    escale_data::indexed::write_dataset(&prefix, escale_data::DType::U16, &docs).unwrap();
-    prefix
+    common::init(dir, "model", 3)
 }
 
 fn train_args(model: &Path, data: &Path, out: &Path, steps: u64) -> Vec<String> {

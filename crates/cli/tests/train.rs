@@ -1,45 +1,13 @@
 //! `escale init` and `escale train` through the real binary: flags and YAML, logs and
 //! checkpoints, and a run killed with SIGKILL then resumed reproducing the uninterrupted run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-fn escale() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_escale"))
-}
-
-fn ok(out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "escale failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
-}
-
-fn tiny_config(dir: &Path) -> PathBuf {
-    let cfg = json!({"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 64, "initializer_range": 0.1});
-    let path = dir.join("config.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
-}
-
-fn init(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let out = dir.join(name);
-    let cfg = tiny_config(dir);
-    ok(escale().args(["init", "--config"]).arg(&cfg).arg("--output").arg(&out).args(["--seed", &seed.to_string()]).output().unwrap());
-    out
-}
-
-/// Counting documents (mod 16) as a Megatron dataset.
-fn dataset(dir: &Path) -> PathBuf {
-    let prefix = dir.join("data");
-    let docs: Vec<Vec<u32>> = (0..32u32).map(|d| (0..40).map(|i| (d + i) % 16).collect()).collect();
-    escale_data::indexed::write_dataset(&prefix, escale_data::DType::U16, &docs).unwrap();
-    prefix
-}
+mod common;
+use common::{dataset, escale, init, ok};
 
 fn losses(run: &Path) -> Vec<(u64, f64, f64)> {
     std::fs::read_to_string(run.join("train_log.jsonl"))

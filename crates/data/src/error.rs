@@ -59,6 +59,7 @@ impl DataError {
     pub(crate) fn bad_index(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         DataError::BadIndex { path: path.as_ref().to_path_buf(), message: message.into() }
     }
+    #[cfg(feature = "text")]
     pub(crate) fn tokenizer(path: impl AsRef<Path>, message: impl std::fmt::Display) -> Self {
         DataError::Tokenizer { path: path.as_ref().to_path_buf(), message: message.to_string() }
     }

@@ -611,7 +611,8 @@ pub struct WrittenDataset {
 ///
 /// Memory stays constant whatever the size: tokens go straight to `PREFIX.bin`, sequence lengths
 /// straight into the `.idx` after a placeholder header, sequence pointers to a side file that is
-/// appended at the end. Everything is written under temporary names beside the targets; `finish`
+/// appended at the end. Everything is written under temporary names in the `.escale-tmp` folder
+/// beside the targets (cleaned by the next writer there if this one is killed); `finish`
 /// syncs, removes an existing `.idx` of the same prefix, then renames the `.bin` and finally the
 /// `.idx` into place: a reader that finds the `.idx` finds the `.bin` that goes with it. Dropping
 /// an unfinished writer deletes its temporary files.
@@ -644,13 +645,11 @@ impl fmt::Debug for IndexedDatasetWriter {
     }
 }
 
-fn temp_beside(target: &Path) -> Result<PathBuf> {
-    escale_util::publish::temp_path(target, "tmp").map_err(|e| DataError::io(target, e))
-}
-
-fn create_file(path: &Path) -> Result<BufWriter<File>> {
-    let f = File::create(path).map_err(|e| DataError::io(path, e))?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+/// A temporary file for `target` in the `.escale-tmp` area beside it, which the next writer there
+/// cleans if this process is killed before `finish`.
+fn staging_file(target: &Path) -> Result<(PathBuf, BufWriter<File>)> {
+    let (path, f) = escale_util::publish::create_staging_file(target).map_err(|e| DataError::io(target, e))?;
+    Ok((path, BufWriter::with_capacity(1 << 20, f)))
 }
 
 impl IndexedDatasetWriter {
@@ -667,18 +666,17 @@ impl IndexedDatasetWriter {
         if let Some(parent) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
         }
-        let bin_tmp = temp_beside(&bin_path(&prefix))?;
-        let idx_tmp = temp_beside(&idx_path(&prefix))?;
-        let ptr_tmp = temp_beside(&with_suffix(&prefix, ".ptr"))?;
+        // Each file joins the writer as soon as it exists, so that an error drops (removes) it.
+        let (bin_tmp, bin) = staging_file(&bin_path(&prefix))?;
         let mut w = IndexedDatasetWriter {
             prefix,
             dtype,
-            bin: None,
+            bin: Some(bin),
             idx: None,
             ptr: None,
             bin_tmp,
-            idx_tmp,
-            ptr_tmp,
+            idx_tmp: PathBuf::new(),
+            ptr_tmp: PathBuf::new(),
             max_token,
             sequences: 0,
             tokens: 0,
@@ -687,11 +685,12 @@ impl IndexedDatasetWriter {
             scratch: Vec::new(),
             done: false,
         };
-        w.bin = Some(create_file(&w.bin_tmp)?);
-        let mut idx = create_file(&w.idx_tmp)?;
-        idx.write_all(&[0u8; INDEX_HEADER_LEN]).map_err(|e| DataError::io(&w.idx_tmp, e))?;
-        w.idx = Some(idx);
-        w.ptr = Some(create_file(&w.ptr_tmp)?);
+        let (idx_tmp, idx) = staging_file(&idx_path(&w.prefix))?;
+        (w.idx_tmp, w.idx) = (idx_tmp, Some(idx));
+        let (ptr_tmp, ptr) = staging_file(&with_suffix(&w.prefix, ".ptr"))?;
+        (w.ptr_tmp, w.ptr) = (ptr_tmp, Some(ptr));
+        let header = [0u8; INDEX_HEADER_LEN];
+        w.idx.as_mut().expect("just opened").write_all(&header).map_err(|e| DataError::io(&w.idx_tmp, e))?;
         Ok(w)
     }
 
@@ -808,6 +807,7 @@ impl IndexedDatasetWriter {
         std::fs::rename(&self.idx_tmp, &idx_final).map_err(|e| DataError::io(&idx_final, e))?;
         escale_util::publish::sync_dir(escale_util::publish::parent_dir(&idx_final));
         let _ = std::fs::remove_file(&self.ptr_tmp);
+        escale_util::publish::remove_area_if_empty(&escale_util::publish::tmp_area(&idx_final));
         self.done = true;
         Ok(WrittenDataset { prefix: self.prefix.clone(), dtype: self.dtype, documents: self.sequences, tokens: self.tokens })
     }
@@ -833,9 +833,12 @@ impl Drop for IndexedDatasetWriter {
             self.bin.take();
             self.idx.take();
             self.ptr.take();
-            let _ = std::fs::remove_file(&self.bin_tmp);
-            let _ = std::fs::remove_file(&self.idx_tmp);
-            let _ = std::fs::remove_file(&self.ptr_tmp);
+            for tmp in [&self.bin_tmp, &self.idx_tmp, &self.ptr_tmp] {
+                if !tmp.as_os_str().is_empty() {
+                    let _ = std::fs::remove_file(tmp);
+                }
+            }
+            escale_util::publish::remove_area_if_empty(&escale_util::publish::tmp_area(&bin_path(&self.prefix)));
         }
     }
 }

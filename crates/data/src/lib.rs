@@ -52,20 +52,28 @@
 //!
 //! Errors are [`DataError`]s that name the file (and line) at fault.
 
+#[cfg(feature = "text")]
 pub mod bpe;
 pub mod choice;
+#[cfg(feature = "text")]
 pub mod corpus;
 pub mod error;
 pub mod indexed;
+#[cfg(feature = "text")]
 pub mod prepare;
 pub mod sampler;
+#[cfg(feature = "text")]
 pub mod tokenizer;
 
+#[cfg(feature = "text")]
 pub use bpe::{save_tokenizer, train_bpe, train_bpe_from_texts, BpeOptions};
 pub use choice::{read_choice_items, write_choice_items, ChoiceItem};
+#[cfg(feature = "text")]
 pub use corpus::{make_corpus, CorpusOptions, CorpusSummary, TaskOptions};
 pub use error::{DataError, Result};
 pub use indexed::{DType, IndexedDataset, IndexedDatasetWriter, Tokens, WrittenDataset};
+#[cfg(feature = "text")]
 pub use prepare::{prepare_data, prepare_data_with, InputFormat, OnError, PrepareOptions, PrepareSummary, TextDocs};
 pub use sampler::{PackedSampler, SamplerConfig, SamplerState};
+#[cfg(feature = "text")]
 pub use tokenizer::{SpecialToken, TextTokenizer};

@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
@@ -134,7 +134,7 @@ pub struct PrepareOptions {
     pub on_error: OnError,
     /// Encoding threads (`None` = all cores).
     pub threads: Option<usize>,
-    /// Text per encoding batch.
+    /// Text per encoding batch, in bytes (`escale prepare-data --batch-mb` shows it in MB).
     pub batch_bytes: usize,
     /// Show a progress bar and warnings on stderr (the bar only on a terminal).
     pub progress: bool,
@@ -155,7 +155,7 @@ impl Default for PrepareOptions {
             split_seed: 1234,
             on_error: OnError::Abort,
             threads: None,
-            batch_bytes: 8 << 20,
+            batch_bytes: 8_000_000,
             progress: false,
         }
     }
@@ -791,7 +791,7 @@ fn make_progress(options: &PrepareOptions, total: u64) -> Option<ProgressBar> {
     if !options.progress {
         return None;
     }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4));
+    let pb = ProgressBar::with_draw_target(Some(total), escale_util::progress::stderr_target(4));
     pb.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg} (eta {eta})",
@@ -960,6 +960,14 @@ fn encode_loop(
     let (mut text_bytes, mut input_bytes, mut tokens) = (0u64, 0u64, 0u64);
     let t0 = Instant::now();
     for batch in rx.iter() {
+        // Between two batches is a safe point: the writers' temporary files are removed when
+        // the error drops them, and nothing was published.
+        if escale_util::stop::requested() {
+            return Err(DataError::Invalid(format!(
+                "interrupted while tokenizing into {}; nothing was published",
+                outputs.main.prefix().display()
+            )));
+        }
         let texts: Vec<&str> = batch.pieces.iter().map(|p| p.text.as_str()).collect();
         let ids = pool.install(|| tokenizer.encode_batch(&texts, options.add_special_tokens))?;
         for (piece, ids) in batch.pieces.iter().zip(&ids) {

@@ -87,6 +87,40 @@ fn streaming_appends_make_one_document() {
     assert_eq!(ds.document_u32(1).unwrap(), vec![100_000]);
 }
 
+/// A PID that belonged to a process which has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Issue 13: a writer's temporary files live in the `.escale-tmp` folder beside the dataset, so
+/// what a killed writer left there is removed by the next writer in that folder.
+#[test]
+fn temporary_files_live_in_the_staging_area_and_a_dead_writers_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let area = dir.path().join(".escale-tmp");
+    let dead = dead_pid();
+    std::fs::create_dir_all(&area).unwrap();
+    for leftover in [format!("old_train.bin.tmp-{dead}"), format!("old_train.idx.tmp-{dead}")] {
+        std::fs::write(area.join(leftover), vec![0u8; 4096]).unwrap();
+    }
+    let mut w = IndexedDatasetWriter::create(dir.path().join("new"), DType::U16).unwrap();
+    w.add_document(&[1, 2, 3]).unwrap();
+    let mut beside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    beside.sort();
+    assert_eq!(beside, vec![".escale-tmp"], "nothing but the staging area beside the output while writing");
+    let mut staged: Vec<_> = std::fs::read_dir(&area).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    staged.sort();
+    let pid = std::process::id();
+    assert_eq!(staged, vec![format!("new.bin.tmp-{pid}"), format!("new.idx.tmp-{pid}"), format!("new.ptr.tmp-{pid}")], "the dead writer's files are gone");
+    w.finish().unwrap();
+    let mut published: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    published.sort();
+    assert_eq!(published, vec!["new.bin", "new.idx"], "the emptied staging area is removed");
+}
+
 #[test]
 fn out_of_range_token_is_an_error_and_nothing_is_published() {
     let dir = tempfile::tempdir().unwrap();

@@ -124,6 +124,12 @@ pub(crate) fn stream<'a, W: Sync, E: StreamError>(
     let read = AtomicU64::new(0);
     let output = Output { writer: &writer, written: &written };
     run_jobs(source.dir(), jobs, workers, |job| {
+        // Between two tensors is a safe point: the writer's staging folder is removed on the
+        // error, and nothing was published.
+        if escale_util::stop::requested() {
+            let why = std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted before every tensor was written; nothing was published");
+            return Err(FormatError::io(dest.out_dir, why).into());
+        }
         let mapped = job.sources.iter().map(|name| SourceBytes::map(source, name)).collect::<Result<Vec<_>, _>>()?;
         read.fetch_add(mapped.iter().map(|s| s.bytes().len() as u64).sum(), Ordering::Relaxed);
         transform(job, mapped, &output)

@@ -2,20 +2,33 @@
 //! candle, loaded from and saved to HF folders through `escale-formats`, with a forward pass whose
 //! every op has a correct gradient (composite candle-core ops only; see [`ops`]).
 
+#[cfg(feature = "engine")]
 pub mod choice;
+#[cfg(feature = "engine")]
 pub mod compare;
+#[cfg(feature = "engine")]
 pub mod error;
+#[cfg(feature = "engine")]
 pub mod evaluate;
+#[cfg(feature = "engine")]
 pub mod fused;
+#[cfg(feature = "engine")]
 pub mod generate;
+#[cfg(feature = "engine")]
 pub mod model;
+#[cfg(feature = "engine")]
 pub mod ops;
 pub mod precision;
+#[cfg(feature = "engine")]
 pub mod rope;
+#[cfg(feature = "engine")]
 pub mod text;
 
+#[cfg(feature = "engine")]
 pub use error::{ModelError, Result};
+#[cfg(feature = "engine")]
 pub use model::{ForwardOutput, KvCache, Model};
+#[cfg(feature = "engine")]
 pub use ops::{cross_entropy, next_token_loss, token_nll};
 pub use precision::Precision;
 

@@ -13,6 +13,7 @@ pub enum Precision {
     F64,
 }
 
+#[cfg(feature = "engine")]
 impl Precision {
     pub fn candle(self) -> candle_core::DType {
         match self {

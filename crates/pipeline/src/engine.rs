@@ -72,20 +72,50 @@ pub trait Engine {
 pub struct Escale {
     /// Worker threads for training and evaluation (`None`: all cores).
     pub threads: Option<usize>,
-    /// Set by the caller (the CLI, on SIGINT/SIGTERM) to stop training at the end of a step.
+    /// Set by the caller (the CLI, on SIGINT/SIGTERM) to stop training at the end of a step and
+    /// every other stage before its next piece of work (see [`Escale::check_stop`]). Growths and
+    /// tokenizing also stop part-way, on `escale_util::stop::flag()`: pass that flag.
     pub stop: &'static AtomicBool,
 }
 
+impl Escale {
+    /// Refuses to start more work once a stop was requested. Called before every operation, so a
+    /// stage stops between two of them: what the last one wrote is complete (each publishes
+    /// atomically, and staging is cleaned by the next run), and a re-run reuses what the stage
+    /// records as done (a growth's verdict, prepared data) and redoes the rest.
+    fn check_stop(&self, next: &str) -> Result<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            anyhow::bail!("interrupted before {next}: {RESUME_HINT}");
+        }
+        Ok(())
+    }
+
+    /// `result`, saying how to resume when it failed because a stop was requested (growths and
+    /// tokenizing poll `escale_util::stop`, the flag the CLI passes as `stop`).
+    fn resumable<T>(&self, result: Result<T>) -> Result<T> {
+        match result {
+            Err(e) if self.stop.load(Ordering::SeqCst) => Err(e.context(format!("interrupted: {RESUME_HINT}"))),
+            other => other,
+        }
+    }
+}
+
+/// What an interrupted pipeline tells the user.
+const RESUME_HINT: &str = "run the same command again to resume (finished work is kept)";
+
 impl Engine for Escale {
     fn make_corpus(&self, bytes: u64, seed: u64, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.check_stop("generating the corpus")?;
         let options = escale_data::CorpusOptions { size_bytes: bytes, seed, ..escale_data::CorpusOptions::default() };
-        let summary = escale_data::make_corpus(dir, &options).with_context(|| format!("generating the corpus in {}", dir.display()))?;
+        let summary =
+            self.resumable(escale_data::make_corpus(dir, &options).with_context(|| format!("generating the corpus in {}", dir.display())))?;
         Ok(summary.files)
     }
 
     fn train_tokenizer(&self, inputs: &[PathBuf], vocab_size: usize, out: &Path) -> Result<()> {
+        self.check_stop("training the tokenizer")?;
         let options = escale_data::BpeOptions { vocab_size, ..escale_data::BpeOptions::default() };
-        let tokenizer = escale_data::train_bpe(inputs, &options).context("training the BPE tokenizer")?;
+        let tokenizer = self.resumable(escale_data::train_bpe(inputs, &options).context("training the BPE tokenizer"))?;
         escale_data::save_tokenizer(&tokenizer, &options, out).with_context(|| format!("writing {}", out.display()))?;
         Ok(())
     }
@@ -99,6 +129,7 @@ impl Engine for Escale {
         seed: u64,
         prefix: &Path,
     ) -> Result<(PathBuf, PathBuf)> {
+        self.check_stop("tokenizing")?;
         let options = escale_data::PrepareOptions {
             inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
             output: prefix.to_path_buf(),
@@ -109,18 +140,21 @@ impl Engine for Escale {
             progress: true,
             ..escale_data::PrepareOptions::default()
         };
-        escale_data::prepare_data(tokenizer, None, &options)
-            .with_context(|| format!("tokenizing into {}", prefix.display()))?;
+        self.resumable(
+            escale_data::prepare_data(tokenizer, None, &options).with_context(|| format!("tokenizing into {}", prefix.display())),
+        )?;
         Ok(escale_data::prepare::split_prefixes(prefix))
     }
 
     fn init_model(&self, config: &Path, out: &Path, seed: u64) -> Result<()> {
+        self.check_stop("initialising the model")?;
         escale_train::init_model(config, out, seed, escale_formats::DType::F32, false)
             .with_context(|| format!("initialising {} from {}", out.display(), config.display()))?;
         Ok(())
     }
 
     fn scale_up(&self, src: &Path, out: &Path, s: &UpSettings) -> Result<Exactness> {
+        self.check_stop("the scale-up")?;
         use escale_grow::scale_up::{self as up, ScaleUpOptions, Target, TargetDims};
         let target = Target::Dims(TargetDims {
             hidden_size: s.hidden_size,
@@ -136,12 +170,15 @@ impl Engine for Escale {
             ..ScaleUpOptions::default()
         };
         let exec = up::ExecOptions { threads: self.threads, ..up::ExecOptions::default() };
-        let (plan, _) = up::scale_up(src, out, &target, &options, &exec, None)
-            .with_context(|| format!("scale-up of {} into {}", src.display(), out.display()))?;
+        let (plan, _) = self.resumable(
+            up::scale_up(src, out, &target, &options, &exec, None)
+                .with_context(|| format!("scale-up of {} into {}", src.display(), out.display())),
+        )?;
         Ok(plan.exactness)
     }
 
     fn scale_out(&self, src: &Path, out: &Path, s: &OutSettings) -> Result<Exactness> {
+        self.check_stop("the scale-out")?;
         use escale_grow::scale_out::{self as so, ScaleOutOptions};
         let options = ScaleOutOptions {
             experts: s.experts,
@@ -156,12 +193,15 @@ impl Engine for Escale {
             threads: self.threads,
             ..ScaleOutOptions::default()
         };
-        let report = so::upcycle(src, out, &options, &escale_formats::WriterOptions::default(), &|_, _| {})
-            .with_context(|| format!("scale-out of {} into {}", src.display(), out.display()))?;
+        let report = self.resumable(
+            so::upcycle(src, out, &options, &escale_formats::WriterOptions::default(), &|_, _| {})
+                .with_context(|| format!("scale-out of {} into {}", src.display(), out.display())),
+        )?;
         Ok(report.plan.exactness)
     }
 
     fn evaluate(&self, model: &Path, valid: &Path, seq_len: usize, tokens: u64) -> Result<f64> {
+        self.check_stop("the evaluation")?;
         escale_model::set_threads(self.threads);
         let m = escale_model::Model::load_dir(model, &candle_core::Device::Cpu, candle_core::DType::F32)
             .with_context(|| format!("loading {}", model.display()))?;
@@ -223,5 +263,28 @@ impl Engine for Escale {
         let report = escale_model::choice::evaluate_choices(&m, &tok, &items, window, 16, &mut |_| {})
             .with_context(|| format!("scoring the tasks on {}", model.display()))?;
         Ok(report.tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once a stop is requested, no stage starts another piece of work, and the error says how
+    /// to resume.
+    #[test]
+    fn a_requested_stop_starts_no_more_work() {
+        let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(true)));
+        let engine = Escale { threads: Some(1), stop };
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("corpus");
+        let err = format!("{:#}", engine.make_corpus(10_000, 1, &corpus).unwrap_err());
+        assert!(err.starts_with("interrupted before generating the corpus: run the same command again"), "{err}");
+        assert!(!corpus.exists());
+        let missing = dir.path().join("missing");
+        let err = format!("{:#}", engine.evaluate(&missing, &missing, 8, 8).unwrap_err());
+        assert!(err.starts_with("interrupted before the evaluation"), "{err}");
+        let err = format!("{:#}", engine.init_model(&missing, &dir.path().join("init"), 1).unwrap_err());
+        assert!(err.starts_with("interrupted before initialising the model"), "{err}");
     }
 }

@@ -11,33 +11,54 @@
 //! source's final validation loss and the grown model's initial one are measured with the same
 //! evaluation, and the run ends with a report ([`report`], [`plot`]): report.md, summary.json and
 //! the loss-vs-FLOPs figure.
+//!
+//! Without the default `engine` feature only [`schema`] and [`train_block`] build (no candle, no
+//! plotters): the pipeline file's parser and validation, which the fuzz target uses.
 
 pub mod schema;
 pub mod train_block;
+#[cfg(feature = "engine")]
 pub mod plan;
+#[cfg(feature = "engine")]
 pub mod runs;
+#[cfg(feature = "engine")]
 pub mod keys;
+#[cfg(feature = "engine")]
 pub mod flops;
+#[cfg(feature = "engine")]
 pub mod events;
+#[cfg(feature = "engine")]
 pub mod manifest;
+#[cfg(feature = "engine")]
 pub mod metrics;
+#[cfg(feature = "engine")]
 pub mod plot;
+#[cfg(feature = "engine")]
 pub mod report;
+#[cfg(feature = "engine")]
 pub mod accuracy;
+#[cfg(feature = "engine")]
 pub mod engine;
+#[cfg(feature = "engine")]
 pub mod stages;
+#[cfg(feature = "engine")]
 pub mod runner;
+#[cfg(feature = "engine")]
 pub mod demo;
 
+#[cfg(feature = "engine")]
 pub use events::PipelineEvent;
 
+#[cfg(feature = "engine")]
 use std::path::{Path, PathBuf};
+#[cfg(feature = "engine")]
 use std::sync::atomic::AtomicBool;
 
 /// Runs a pipeline file with the real engine. `output` overrides the file's `run_dir`; without
 /// either, the run goes to `runs/<file stem>` beside the file.
 /// Progress is reported through `on_event`; setting `stop` ends a training stage cleanly at the
 /// end of a step, with a checkpoint, and the run with an "interrupted" error.
+#[cfg(feature = "engine")]
 pub fn run_file(
     path: &Path,
     output: Option<&Path>,
@@ -61,6 +82,7 @@ pub fn run_file(
 }
 
 /// Runs a parsed pipeline with the real engine into `run_dir`, reporting through `on_event`.
+#[cfg(feature = "engine")]
 pub fn run(
     file: &schema::PipelineFile,
     base_dir: &Path,

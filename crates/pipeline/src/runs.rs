@@ -203,11 +203,7 @@ impl Ord for LrKey {
     }
 }
 
-/// A learning rate rounded to four significant digits, so that `lr / 3` is written, named and
-/// used as the same number (0.001, not 0.0010000000000000002).
-pub fn round_lr(lr: f64) -> f64 {
-    format!("{lr:.3e}").parse().unwrap_or(lr)
-}
+pub use crate::schema::round_lr;
 
 /// A learning rate as it appears in run names: `1e-3`, `6p667e-4` (no '.', which folder names and
 /// shell globs handle badly).

@@ -547,8 +547,8 @@ fn check_runs(stage: &StageSpec, at: &dyn Fn(&str) -> String) -> Result<(), (Str
         if !(lr.is_finite() && lr > 0.0) {
             return Err((at(&format!("lr_sweep[{i}]")), format!("must be a positive learning rate (got {lr})")));
         }
-        let rounded = crate::runs::round_lr(lr);
-        if lrs[..i].iter().any(|&x| crate::runs::round_lr(x) == rounded) {
+        let rounded = round_lr(lr);
+        if lrs[..i].iter().any(|&x| round_lr(x) == rounded) {
             return Err((at(&format!("lr_sweep[{i}]")), format!("{lr} appears twice (to four significant digits)")));
         }
     }
@@ -652,6 +652,13 @@ fn clean_message(msg: &str, path: &str) -> String {
         Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
         _ => msg.to_string(),
     }
+}
+
+/// A learning rate rounded to four significant digits, so that `lr / 3` is written, named and
+/// used as the same number (0.001, not 0.0010000000000000002). (Here rather than in `runs`, which
+/// needs the engine, because the file's validation compares sweep points with it.)
+pub fn round_lr(lr: f64) -> f64 {
+    format!("{lr:.3e}").parse().unwrap_or(lr)
 }
 
 #[cfg(test)]

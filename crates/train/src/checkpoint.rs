@@ -105,15 +105,14 @@ pub fn latest_checkpoint(output: &Path) -> Result<Option<(u64, PathBuf)>> {
     Ok(list_checkpoints(output)?.pop())
 }
 
-/// Deletes all but the `keep` most recent checkpoints. Each is first renamed to a hidden name,
-/// so an interrupted deletion never leaves something that looks like a checkpoint.
+/// Deletes all but the `keep` most recent checkpoints. Each is first moved into the
+/// `checkpoints/.escale-tmp` area, so an interrupted deletion never leaves something that looks
+/// like a checkpoint, and the next rotation finishes what a killed run did not.
 pub fn rotate_checkpoints(output: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(output)?;
     let excess = all.len().saturating_sub(keep.max(1));
     for (_, dir) in all.into_iter().take(excess) {
-        let trash = publish::temp_path(&dir, "old").map_err(|e| TrainError::io(&dir, e))?;
-        std::fs::rename(&dir, &trash).map_err(|e| TrainError::io(&dir, e))?;
-        std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))?;
+        publish::remove_dir_through_area(&dir).map_err(|e| TrainError::io(&dir, e))?;
     }
     Ok(())
 }
@@ -225,6 +224,29 @@ mod tests {
         assert_eq!(steps, vec![4, 10]);
         assert!(!checkpoint_dir(out, 2).exists());
         assert!(checkpoint_dir(out, 12).exists(), "incomplete folders are left alone");
+    }
+
+    /// Issue 13: rotation moves old checkpoints into `checkpoints/.escale-tmp`, and finishes the
+    /// deletion a killed run left there.
+    #[test]
+    fn rotation_deletes_through_the_staging_area_and_finishes_a_dead_runs_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        for s in [2, 4, 6] {
+            fake_checkpoint(out, s, true);
+        }
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let area = checkpoints_root(out).join(publish::TMP_DIR);
+        let leftover = area.join(format!("{PREFIX}00000001.old-{dead}"));
+        std::fs::create_dir_all(leftover.join("half-deleted")).unwrap();
+        rotate_checkpoints(out, 2).unwrap();
+        let mut names: Vec<_> =
+            std::fs::read_dir(checkpoints_root(out)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let expected: Vec<_> = [4, 6].map(|s| checkpoint_dir(out, s).file_name().unwrap().to_str().unwrap().to_string()).into();
+        assert_eq!(names, expected, "old checkpoint, dead leftover and area removed");
     }
 
     #[test]

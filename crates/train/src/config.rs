@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::moe_loss::LossConvention;
+#[cfg(feature = "engine")]
 use crate::optim::AdamWConfig;
 use crate::schedule::{LrSchedule, ScheduleKind};
 
@@ -21,6 +21,18 @@ pub enum TrainOnly {
     NewLayers,
     /// Only MoE experts and routers (shared experts included).
     Experts,
+}
+
+/// How the MoE load-balancing loss is normalised ([`crate::moe_loss`] has the formulas).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LossConvention {
+    /// Per layer, 1 when balanced (FlagScale/Megatron; the paper's).
+    #[default]
+    Megatron,
+    /// Pooled over layers, k when balanced (transformers' Mixtral / Qwen2-MoE).
+    Hf,
 }
 
 /// What to do with checkpoints already in the output folder.
@@ -131,6 +143,15 @@ pub struct TrainConfig {
     pub stop_after_step: Option<u64>,
     /// Show an indicatif progress bar (the CLI turns it on for terminals).
     pub progress_bar: bool,
+    /// Drop tensors of `model` that its config does not declare (with a warning) instead of
+    /// refusing the model. Left out of the YAML when false, so run fingerprints of earlier runs
+    /// still match.
+    #[serde(skip_serializing_if = "is_false")]
+    pub ignore_unknown: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for TrainConfig {
@@ -170,6 +191,7 @@ impl Default for TrainConfig {
             resume: ResumeMode::Fresh,
             stop_after_step: None,
             progress_bar: false,
+            ignore_unknown: false,
         }
     }
 }
@@ -205,6 +227,7 @@ impl TrainConfig {
         })
     }
 
+    #[cfg(feature = "engine")]
     pub fn adamw(&self) -> AdamWConfig {
         AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
     }
@@ -267,6 +290,7 @@ impl TrainConfig {
         c.resume = ResumeMode::Fresh;
         c.stop_after_step = None;
         c.progress_bar = false;
+        c.ignore_unknown = false;
         c.max_nonfinite_steps = 1;
         escale_util::hash::fnv1a_hex(serde_json::to_string(&c).expect("config serialises").as_bytes())
     }

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    #[cfg(feature = "engine")]
     #[error(transparent)]
     Model(#[from] escale_model::ModelError),
     #[error(transparent)]
     Format(#[from] escale_formats::FormatError),
+    #[cfg(feature = "engine")]
     #[error("tensor operation failed: {0}")]
     Candle(candle_core::Error),
     /// A training setting is invalid or inconsistent with the model or data (named field).
@@ -49,6 +51,7 @@ impl TrainError {
 
 // Written by hand rather than with `#[from]`, which would also make the candle error `source()`
 // and print it twice under anyhow's `{:#}`: the message already carries it.
+#[cfg(feature = "engine")]
 impl From<candle_core::Error> for TrainError {
     fn from(e: candle_core::Error) -> Self {
         TrainError::Candle(e)
@@ -57,7 +60,7 @@ impl From<candle_core::Error> for TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "engine"))]
 mod tests {
     use std::error::Error;
 

@@ -20,18 +20,10 @@ use candle_core::{DType, Tensor};
 // The model's composite softmax/logsumexp: stable, and built from candle-core primitives that
 // record a backward.
 use escale_model::ops::{logsumexp_last_dim, softmax_last_dim_composite};
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Result, TrainError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum LossConvention {
-    #[default]
-    Megatron,
-    Hf,
-}
+// A run setting, so it lives with the others in `config` (which builds without the engine).
+pub use crate::config::LossConvention;
 
 /// The MoE terms of one forward pass.
 pub struct MoeLosses {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use escale_data::indexed::IndexedDataset;
 use escale_data::sampler::{PackedSampler, SamplerConfig, SamplerState};
-use escale_formats::{Checkpoint, ModelConfig, WriterOptions};
+use escale_formats::{Checkpoint, ModelConfig, WeightChecks, WriterOptions};
 use escale_model::Model;
 use serde::Serialize;
 
@@ -366,7 +366,14 @@ fn setup(cfg: &TrainConfig, base: &ModelConfig, on_event: &mut dyn FnMut(TrainEv
     let model_fp = checkpoint::model_fingerprint(base);
     let run_fp = cfg.run_fingerprint();
     let model_src = resume_dir.as_deref().unwrap_or(&cfg.model);
-    let model = Model::load(&Checkpoint::open(model_src)?, &device, cfg.dtype.candle())?;
+    // Unknown tensors are refused unless the run says to drop them; non-finite weights are
+    // announced here and then caught by the non-finite step limit.
+    let checks = WeightChecks { allow_nan: true, ignore_unknown: cfg.ignore_unknown };
+    let (model, warnings) = Model::load_with(&Checkpoint::open(model_src)?, &device, cfg.dtype.candle(), checks)?;
+    for w in &warnings {
+        // The checks word them for printing as they are; the event's printer adds its own prefix.
+        on_event(TrainEvent::Warning(w.strip_prefix("warning: ").unwrap_or(w)));
+    }
     if checkpoint::model_fingerprint(&model.config) != model_fp {
         return Err(TrainError::checkpoint(
             model_src,

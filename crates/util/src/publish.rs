@@ -2,10 +2,11 @@
 //!
 //! Every escale output (a file or a folder) is built under a temporary name beside its final
 //! place, then renamed into place only when complete, so an interrupted run never leaves a
-//! half-written file that a re-run would trust. Files use the hidden sibling `.NAME.escale-tmp-PID`
-//! (short-lived, removed on error); folders, which can be large, are staged in the folder
-//! `.escale-tmp` beside the output (`.escale-tmp/NAME.tmp-PID`), which the next writer there
-//! cleans of whatever a dead process left, and removes once empty.
+//! half-written file that a re-run would trust. Small files use the hidden sibling
+//! `.NAME.escale-tmp-PID` (short-lived, removed on error); folders and files that take long to
+//! write (datasets), which can be large, are staged in the folder `.escale-tmp` beside the output
+//! (`.escale-tmp/NAME.tmp-PID`), which the next writer there cleans of whatever a dead process
+//! left, and removes once empty. Folders being deleted pass through the same area.
 //! Errors are plain `io::Error`s; callers wrap them with the path in their own error type.
 
 use std::fs::File;
@@ -126,15 +127,50 @@ pub fn create_staging_dir(output: &Path) -> io::Result<PathBuf> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    // Another writer may remove the empty area between our two calls: try again then.
+    create_in_area(&area, || std::fs::create_dir(&staging))?;
+    Ok(staging)
+}
+
+/// Creates the temporary file `.escale-tmp/NAME.tmp-PID` for a file output `target` that takes
+/// long to write (a dataset), first removing what dead processes left in that area, so a run
+/// killed half-way leaves nothing the next one does not clean. The caller renames it into place
+/// (or removes it on error), then calls [`remove_area_if_empty`] on [`tmp_area`]`(target)`.
+pub fn create_staging_file(target: &Path) -> io::Result<(PathBuf, File)> {
+    let area = tmp_area(target);
+    remove_dead_leftovers(&area);
+    remove_legacy_leftovers(target);
+    let path = area.join(format!("{}.tmp-{}", file_name(target)?, std::process::id()));
+    let file = create_in_area(&area, || File::create(&path))?;
+    Ok((path, file))
+}
+
+/// Deletes the folder `dir` by first moving it into the `.escale-tmp` area beside it
+/// (`NAME.old-PID`): an interrupted deletion never leaves a half-deleted folder under its own name,
+/// and the next writer there removes what a dead process did not finish deleting.
+pub fn remove_dir_through_area(dir: &Path) -> io::Result<()> {
+    let area = tmp_area(dir);
+    remove_dead_leftovers(&area);
+    let trash = area.join(format!("{}.old-{}", file_name(dir)?, std::process::id()));
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash)?;
+    }
+    create_in_area(&area, || std::fs::rename(dir, &trash))?;
+    std::fs::remove_dir_all(&trash)?;
+    remove_area_if_empty(&area);
+    Ok(())
+}
+
+/// Creates `area` and runs `create` (which makes something inside it). Another writer may remove
+/// the empty area between the two steps: try again then.
+fn create_in_area<T>(area: &Path, mut create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     for _ in 0..16 {
-        std::fs::create_dir_all(&area)?;
-        match std::fs::create_dir(&staging) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            other => return other.map(|()| staging),
+        std::fs::create_dir_all(area)?;
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !area.exists() => continue,
+            other => return other,
         }
     }
-    Err(io::Error::other(format!("could not create {}", staging.display())))
+    Err(io::Error::other(format!("could not create an entry in {}", area.display())))
 }
 
 /// Removes `area` (a `.escale-tmp` folder) when nothing is left in it. Best effort.
@@ -180,7 +216,8 @@ fn remove_legacy_leftovers(output: &Path) {
         let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
         let pid = rest.strip_prefix("tmp-").or_else(|| rest.strip_prefix("old-")).and_then(|p| p.parse().ok());
         if pid.is_some_and(|pid| !process_alive(pid)) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         }
     }
 }
@@ -323,5 +360,38 @@ mod tests {
         publish_dir(&staging, &out, false).unwrap();
         remove_area_if_empty(&area);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "staging area left behind");
+    }
+
+    #[test]
+    fn staging_files_live_in_the_area_which_is_cleaned_of_dead_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("tokens.bin");
+        let area = dir.path().join(TMP_DIR);
+        let dead = crate::lock::tests::dead_pid();
+        std::fs::create_dir_all(&area).unwrap();
+        std::fs::write(area.join(format!("tokens.idx.tmp-{dead}")), b"half").unwrap();
+        std::fs::write(dir.path().join(format!(".tokens.bin.escale-tmp-{dead}")), b"legacy").unwrap();
+        let (tmp, _file) = create_staging_file(&target).unwrap();
+        assert_eq!(tmp, area.join(format!("tokens.bin.tmp-{}", std::process::id())));
+        let left: Vec<_> = std::fs::read_dir(&area).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left, vec![tmp.clone()], "the dead owner's file is removed, ours is there");
+        std::fs::rename(&tmp, &target).unwrap();
+        remove_area_if_empty(&area);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("tokens.bin")], "legacy sibling and empty area removed");
+    }
+
+    #[test]
+    fn deleted_folders_pass_through_the_area_and_dead_deletions_are_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = dir.path().join(TMP_DIR);
+        let dead = crate::lock::tests::dead_pid();
+        std::fs::create_dir_all(area.join(format!("checkpoint-1.old-{dead}/sub"))).unwrap();
+        let victim = dir.path().join("checkpoint-2");
+        std::fs::create_dir_all(victim.join("sub")).unwrap();
+        std::fs::write(victim.join("sub/f"), b"x").unwrap();
+        remove_dir_through_area(&victim).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "folder, dead leftover and area all gone");
+        assert!(remove_dir_through_area(&victim).is_err(), "a missing folder is an error");
     }
 }

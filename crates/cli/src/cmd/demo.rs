@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     out!("escale demo{}: run directory {}", if args.quick { " --quick" } else { "" }, run_dir.display());
     let progress = std::io::stderr().is_terminal();
     let on_event = |ev: escale_pipeline::PipelineEvent| super::run::print_event(&ev, progress);
-    let outcome = escale_pipeline::run(&file, &run_dir, &run_dir, args.threads, progress, &crate::signals::STOP, &on_event)?;
+    let outcome = escale_pipeline::run(&file, &run_dir, &run_dir, args.threads, progress, crate::signals::STOP, &on_event)?;
     super::run::print_outcome(&outcome);
     out!("\nOpen {} to see the EfficientScale picture.", outcome.files.png.display());
     Ok(())

@@ -64,8 +64,8 @@ pub struct Args {
     /// Encoding threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Text per parallel encoding batch, in MB.
-    #[arg(long, default_value_t = 8.0)]
+    /// Text per parallel encoding batch, in MB (10^6 bytes).
+    #[arg(long, default_value_t = PrepareOptions::default().batch_bytes as f64 / MB)]
     pub batch_mb: f64,
     /// No progress bar or warnings on stderr.
     #[arg(long)]
@@ -74,6 +74,9 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 }
+
+/// `--batch-mb`'s unit.
+const MB: f64 = 1e6;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dtype = match args.dtype.as_str() {
@@ -96,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         split_seed: args.split_seed,
         on_error: args.on_error,
         threads: args.threads,
-        batch_bytes: (args.batch_mb * 1e6).max(1.0) as usize,
+        batch_bytes: (args.batch_mb * MB).max(1.0) as usize,
         progress: !args.quiet,
     };
     let summary = prepare_data(&args.tokenizer, args.eos_token.as_deref(), &options)

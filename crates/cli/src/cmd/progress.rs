@@ -10,7 +10,7 @@ pub fn bytes_bar(label: &str, quiet: bool) -> ProgressBar {
     }
     let template =
         format!("{{spinner}} {label} [{{bar:40}}] {{binary_bytes}}/{{binary_total_bytes}} {{binary_bytes_per_sec}} eta {{eta}}");
-    let bar = ProgressBar::new(0);
+    let bar = ProgressBar::with_draw_target(Some(0), escale_util::progress::stderr_target(20));
     bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
     bar
 }

@@ -26,7 +26,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal();
     let on_event = |ev: PipelineEvent| print_event(&ev, progress);
-    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress, &crate::signals::STOP, &on_event)?;
+    let outcome = escale_pipeline::run_file(&args.file, args.output.as_deref(), args.threads, progress, crate::signals::STOP, &on_event)?;
     print_outcome(&outcome);
     Ok(())
 }

@@ -128,6 +128,10 @@ pub struct Args {
     /// Never show the progress bar (it is shown only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Drop tensors the model's config does not declare (with a warning naming them) instead of
+    /// refusing the model.
+    #[arg(long)]
+    pub ignore_unknown: bool,
 }
 
 /// File settings (or defaults), then every flag given on the command line (`given` holds this
@@ -170,6 +174,9 @@ fn build_config(a: Args, given: &ArgMatches) -> anyhow::Result<TrainConfig> {
     if a.stop_after_step.is_some() {
         c.stop_after_step = a.stop_after_step;
     }
+    if a.ignore_unknown {
+        c.ignore_unknown = true;
+    }
     if a.resume {
         c.resume = ResumeMode::Resume;
     } else if a.resume_or_start {
@@ -183,13 +190,17 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
     // The allocator is tuned once in main().
     let cfg = build_config(args, given)?;
     let total = cfg.total_steps()?;
-    let bar = if cfg.progress_bar { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    let bar = if cfg.progress_bar {
+        ProgressBar::with_draw_target(Some(total), escale_util::progress::stderr_target(20))
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
             .expect("valid template"),
     );
     let quiet = cfg.progress_bar;
-    let summary = escale_train::train_until(&cfg, &crate::signals::STOP, &mut |ev| match ev {
+    let summary = escale_train::train_until(&cfg, crate::signals::STOP, &mut |ev| match ev {
         TrainEvent::Started { start_step, total_steps, resumed_from } => {
             bar.set_position(start_step);
             match resumed_from {

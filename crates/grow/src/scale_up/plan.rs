@@ -108,6 +108,7 @@ impl ScaleUpPlan {
         let dims = target_dims(source, target)?;
         check_growth(source, dims)?;
         check_target_sizes(source, dims)?;
+        check_loadable(source, dims)?;
         check_options(source, dims, options)?;
 
         let seed = options.seed;
@@ -137,7 +138,8 @@ impl ScaleUpPlan {
             exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
         }
         let tensors = output_tensors(&cfg, &depth);
-        let warnings = target_warnings(source, dims);
+        // Nothing to announce about the target today (what transformers would refuse is refused above).
+        let warnings = Vec::new();
         Ok(ScaleUpPlan { source: source.clone(), target: cfg, options: options.clone(), hidden, ffn, heads, scales, depth, exactness, tensors, warnings })
     }
 
@@ -302,20 +304,26 @@ fn check_target_sizes(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError>
     Ok(())
 }
 
-/// What the user must hear about the output config. transformers 5's LlamaConfig refuses
-/// `hidden_size % num_attention_heads != 0` even with an explicit `head_dim` (checked with the
-/// oracle, transformers 5.24); mistral and qwen2 accept the explicit `head_dim` that
-/// `ModelConfig::to_json` writes once the width changes, so they need no warning.
-fn target_warnings(source: &ModelConfig, d: Dims) -> Vec<String> {
+/// Refuses a target that the family's main consumer cannot load. transformers 5's LlamaConfig
+/// refuses `hidden_size % num_attention_heads != 0` even with an explicit `head_dim` (checked with
+/// the oracle, transformers 5.24), so escale must not write one; mistral and qwen2 honour the
+/// explicit `head_dim` that `ModelConfig::to_json` writes once the width changes.
+fn check_loadable(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
     if source.model_type == escale_formats::ModelType::Llama && d.hidden % d.heads != 0 {
-        return vec![format!(
-            "warning: target hidden_size {} is not a multiple of num_attention_heads {}: escale writes head_dim {} \
-             explicitly and loads the result, but transformers refuses such a llama config (pick a hidden size \
-             that is a multiple of the head count for a checkpoint transformers loads)",
-            d.hidden, d.heads, source.head_dim
-        )];
+        let (below, above) = (d.hidden / d.heads * d.heads, d.hidden.div_ceil(d.heads) * d.heads);
+        return Err(invalid(
+            source.source(),
+            format!(
+                "target hidden_size {} (--hidden) is not a multiple of num_attention_heads {} (--heads): transformers \
+                 refuses such a llama config even with an explicit head_dim, so the checkpoint could not be loaded \
+                 there (pick a multiple of the head count, e.g. {}, or another head count)",
+                d.hidden,
+                d.heads,
+                if below >= source.hidden_size { format!("{below} or {above}") } else { above.to_string() }
+            ),
+        ));
     }
-    Vec::new()
+    Ok(())
 }
 
 fn check_options(source: &ModelConfig, d: Dims, o: &ScaleUpOptions) -> Result<(), ScaleUpError> {
@@ -457,8 +465,10 @@ mod tests {
         ModelConfig::from_json(v, Path::new("src/config.json")).unwrap()
     }
 
+    /// mistral, not llama: the targets below include widths that are not a multiple of the
+    /// head count, which llama refuses (`check_loadable`).
     fn tiny() -> ModelConfig {
-        cfg(json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
+        cfg(json!({"model_type": "mistral", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4}))
     }
 
@@ -590,7 +600,7 @@ mod tests {
             "attention_bias": true, "mlp_bias": true}));
         for method in Method::ALL {
             let o = ScaleUpOptions { method, fanout: Fanout::Lemon { scale: 0.1 }, aki_scope: AkiScope::All, ..Default::default() };
-            let plan = ScaleUpPlan::new(&src, &dims(10, 15, 6, 5), &o).unwrap();
+            let plan = ScaleUpPlan::new(&src, &dims(12, 15, 6, 5), &o).unwrap();
             for t in &plan.tensors {
                 let rule = plan.rule_for(t);
                 assert_eq!(rule.rows.len() * rule.cols.len(), t.shape.iter().product::<usize>(), "{}", t.name);
@@ -655,7 +665,7 @@ mod tests {
     }
 
     fn target_cfg(edit: impl FnOnce(&mut serde_json::Value)) -> Target {
-        let mut v = json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24,
+        let mut v = json!({"model_type": "mistral", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 24,
             "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 4});
         edit(&mut v);
         Target::Config(Box::new(ModelConfig::from_json(v, Path::new("target/config.json")).unwrap()))
@@ -673,6 +683,18 @@ mod tests {
         assert!(e.contains("vocab_size"), "{e}");
         let e = err(&tiny(), target_cfg(|v| v["model_type"] = "qwen2".into()), fpi());
         assert!(e.contains("model_type"), "{e}");
+    }
+
+    /// transformers refuses a llama with hidden % heads != 0 even with an explicit head_dim; the
+    /// same target on mistral (which honours head_dim) is fine.
+    #[test]
+    fn llama_targets_transformers_refuses_are_refused() {
+        let llama = cfg(json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4}));
+        let e = err(&llama, dims(10, 12, 4, 4), fpi());
+        assert!(e.contains("hidden_size 10 (--hidden) is not a multiple of num_attention_heads 4") && e.contains("e.g. 8 or 12"), "{e}");
+        assert!(ScaleUpPlan::new(&llama, &dims(12, 12, 4, 4), &fpi()).is_ok());
+        assert!(ScaleUpPlan::new(&tiny(), &dims(10, 12, 4, 4), &fpi()).is_ok(), "mistral takes the explicit head_dim");
     }
 
     #[test]

@@ -132,28 +132,57 @@ fn default_init_config() -> serde_json::Map<String, serde_json::Value> {
     v.as_object().cloned().expect("object literal")
 }
 
-/// Vocabulary size a model needs for a tokenizer.json: the largest id in its vocabulary or added
-/// tokens, plus one.
+/// Vocabulary size a model needs for a tokenizer.json: escale's one reading of tokenizers
+/// ([`escale_data::TextTokenizer::vocab_size`], largest id + 1, added tokens included), whatever
+/// the tokenizer's model type.
 fn vocab_size(tokenizer: &Path) -> Result<usize> {
-    let text = std::fs::read(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("parsing {}", tokenizer.display()))?;
-    let max_id = |ids: Option<Vec<u64>>| ids.and_then(|ids| ids.into_iter().max()).unwrap_or(0);
-    let vocab = max_id(v["model"]["vocab"].as_object().map(|m| m.values().filter_map(|x| x.as_u64()).collect()));
-    let added = max_id(v["added_tokens"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_u64()).collect()));
-    let max = vocab.max(added);
-    anyhow::ensure!(max > 0, "{}: no vocabulary found", tokenizer.display());
-    Ok(max as usize + 1)
+    let t = escale_data::TextTokenizer::from_file(tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?;
+    Ok(t.vocab_size())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tokenizer_json(model: serde_json::Value, added: serde_json::Value) -> String {
+        serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null, "model": model})
+        .to_string()
+    }
+
+    /// Qwen3's special tokens sit above its BPE vocabulary: the model must cover them. The
+    /// expectation is read from the file's JSON independently (largest id + 1).
     #[test]
     fn vocab_size_counts_added_tokens() {
+        let Some(shared) = shared_dir() else { return };
+        let p = shared.join("testdata/tokenizers/qwen3/tokenizer.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let vocab_max = v["model"]["vocab"].as_object().unwrap().values().filter_map(|x| x.as_u64()).max().unwrap();
+        let added_max = v["added_tokens"].as_array().unwrap().iter().filter_map(|t| t["id"].as_u64()).max().unwrap();
+        assert!(added_max > vocab_max, "the test needs added tokens above the vocabulary");
+        assert_eq!(vocab_size(&p).unwrap() as u64, added_max + 1);
+    }
+
+    /// `../shared` beside the workspace, or `None` (after saying why).
+    fn shared_dir() -> Option<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+        if dir.join("testdata/tokenizers/qwen3/tokenizer.json").is_file() {
+            Some(dir)
+        } else {
+            println!("skipping: ../shared not found (test data lives there)");
+            None
+        }
+    }
+
+    /// A Unigram (sentencepiece-style) tokenizer lists its vocabulary as `[piece, score]` pairs,
+    /// not a map: the size comes from the tokenizer itself, not from one JSON layout.
+    #[test]
+    fn vocab_size_reads_every_tokenizer_model() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tokenizer.json");
-        std::fs::write(&p, r#"{"model": {"vocab": {"a": 0, "b": 7}}, "added_tokens": [{"id": 9, "content": "<eos>"}]}"#).unwrap();
-        assert_eq!(vocab_size(&p).unwrap(), 10);
+        let model = serde_json::json!({"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0], ["ab", -3.0]],
+            "byte_fallback": false});
+        std::fs::write(&p, tokenizer_json(model, serde_json::json!([]))).unwrap();
+        assert_eq!(vocab_size(&p).unwrap(), 4);
     }
 }
