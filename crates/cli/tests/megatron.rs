@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 
 // Only `stories` is used here.
-#[allow(dead_code)]
 mod common;
 
 fn escale(args: &[&str], python: &str) -> (i32, String) {

@@ -1,20 +1,15 @@
 //! `escale make-tasks` and `escale eval --tasks` end to end: the world tasks from a corpus folder,
 //! scored on the real stories260K model with JSON output, the left cut counted, bad files named.
 
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn escale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_escale")).args(args).output().expect("escale runs")
-}
-
+/// stdout alone (the JSON) of a run that must succeed.
 fn ok(args: &[&str]) -> String {
-    let out = escale(args);
+    let out = common::run_escale(args);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -73,9 +68,9 @@ fn bad_task_files_are_named_with_their_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"context\": \"a\", \"choices\": [\" b\", \" c\"], \"answer\": 0}\n{\"context\": \"a\", \"choices\": [\" b\"], \"answer\": 0}\n").unwrap();
-    let out = escale(&["eval", s(&model), "--tasks", s(&bad)]);
+    let out = common::run_escale(&["eval", s(&model), "--tasks", s(&bad)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bad.jsonl:2") && err.contains("at least 2"), "{err}");
-    let out = escale(&["eval", s(&model)]);
+    let out = common::run_escale(&["eval", s(&model)]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--tasks"), "either --text or --tasks is required");
 }
