@@ -4,7 +4,8 @@
 Every Hugging Face user trusts `transformers`, so escale's Rust code is tested by asking it, not
 by comparing escale with itself. Subcommands (JSON results on stdout, tensors in safetensors files):
 
-  make-tiny   random tiny HF checkpoint of a supported family (llama, mistral, qwen2, mixtral, qwen2_moe)
+  make-tiny   random tiny HF checkpoint of a supported family (llama, mistral, qwen2, qwen3, mixtral,
+              qwen2_moe, qwen3_moe)
   logits      load a folder with AutoModelForCausalLM (f32, eager attention), logits + next-token loss
   adamw-step  loss, gradients and parameters after torch.optim.AdamW step(s), HF checkpoint names
   moe-losses  HF load-balancing loss (transformers' own function), Megatron per-layer aux loss, router z-loss
@@ -30,8 +31,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
-MOE_FAMILIES = ("mixtral", "qwen2_moe")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe")
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 ORACLE_VERSION = 1  # bump when the meaning of an option or an output changes
 
 
@@ -104,16 +105,18 @@ def build_config(a):
     if vocab is None:
         vocab = 128
     if a.attention_bias and fam in ("mistral", "mixtral"):
-        raise OracleError(f"{fam} has no attention bias in transformers; use llama, qwen2 or qwen2_moe")
+        raise OracleError(f"{fam} has no attention bias in transformers; use llama, qwen2, qwen3, qwen2_moe or qwen3_moe")
     if a.mlp_bias and fam != "llama":
         raise OracleError("--mlp-bias exists only for llama")
+    if a.shared_expert_intermediate is not None and fam != "qwen2_moe":
+        raise OracleError(f"--shared-expert-intermediate exists only for qwen2_moe ({fam} has no shared expert)")
     if fam in MOE_FAMILIES:
         if a.experts is None or a.experts < 1:
             raise OracleError(f"{fam} needs --experts >= 1")
         if not (1 <= a.top_k <= a.experts):
             raise OracleError(f"--top-k {a.top_k} must be in 1..=--experts {a.experts}")
     elif a.experts is not None:
-        raise OracleError(f"--experts given for dense family {fam}; use mixtral or qwen2_moe")
+        raise OracleError(f"--experts given for dense family {fam}; use mixtral, qwen2_moe or qwen3_moe")
 
     common = dict(
         vocab_size=vocab,
@@ -148,6 +151,20 @@ def build_config(a):
     elif fam == "qwen2":
         # qwen2 always has q/k/v biases in transformers; no flag turns them off.
         cfg = transformers.Qwen2Config(**common)
+    elif fam == "qwen3":
+        # attention_bias puts a bias on q, k, v and o alike (off by default, as on the hub).
+        cfg = transformers.Qwen3Config(**common, attention_bias=bool(a.attention_bias))
+    elif fam == "qwen3_moe":
+        # No shared expert; head_dim is passed explicitly (Qwen3MoeConfig has no default of its own).
+        cfg = transformers.Qwen3MoeConfig(
+            **common,
+            num_experts=a.experts,
+            num_experts_per_tok=a.top_k,
+            moe_intermediate_size=a.moe_intermediate if a.moe_intermediate is not None else a.intermediate,
+            norm_topk_prob=a.norm_topk_prob,
+            attention_bias=bool(a.attention_bias),
+            decoder_sparse_step=1,
+        )
     elif fam == "mixtral":
         cfg = transformers.MixtralConfig(**common, num_local_experts=a.experts, num_experts_per_tok=a.top_k)
     else:
@@ -563,13 +580,13 @@ def parser():
     m.add_argument("--rope-scaling", default=None, help='JSON, e.g. {"rope_type":"linear","factor":2.0}')
     m.add_argument("--experts", type=int, default=None)
     m.add_argument("--top-k", type=int, default=2)
-    m.add_argument("--moe-intermediate", type=int, default=None, help="qwen2_moe; default --intermediate")
+    m.add_argument("--moe-intermediate", type=int, default=None, help="qwen2_moe, qwen3_moe; default --intermediate")
     m.add_argument("--shared-expert-intermediate", type=int, default=None, help="qwen2_moe; default --intermediate")
-    m.add_argument("--norm-topk-prob", action=argparse.BooleanOptionalAction, default=True, help="qwen2_moe")
+    m.add_argument("--norm-topk-prob", action=argparse.BooleanOptionalAction, default=True, help="qwen2_moe, qwen3_moe")
     m.add_argument("--tied", action=argparse.BooleanOptionalAction, default=False, help="--tied / --no-tied")
     m.add_argument("--untied", dest="tied", action="store_false")
     m.add_argument("--attention-bias", action=argparse.BooleanOptionalAction, default=None,
-                   help="llama: q,k,v,o bias; qwen2_moe: qkv_bias (default on); qwen2 always has q,k,v bias")
+                   help="llama, qwen3, qwen3_moe: q,k,v,o bias; qwen2_moe: qkv_bias (default on); qwen2 always has q,k,v bias")
     m.add_argument("--mlp-bias", action="store_true", help="llama only")
     m.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     m.add_argument("--max-shard-size", default="50GB", help='e.g. "20KB" to force several shards')

@@ -21,15 +21,19 @@ pub enum ModelType {
     Qwen2,
     Mixtral,
     Qwen2Moe,
+    Qwen3,
+    Qwen3Moe,
 }
 
 impl ModelType {
-    pub const ALL: [ModelType; 5] = [
+    pub const ALL: [ModelType; 7] = [
         ModelType::Llama,
         ModelType::Mistral,
         ModelType::Qwen2,
         ModelType::Mixtral,
         ModelType::Qwen2Moe,
+        ModelType::Qwen3,
+        ModelType::Qwen3Moe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,8 @@ impl ModelType {
             ModelType::Qwen2 => "qwen2",
             ModelType::Mixtral => "mixtral",
             ModelType::Qwen2Moe => "qwen2_moe",
+            ModelType::Qwen3 => "qwen3",
+            ModelType::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -47,7 +53,13 @@ impl ModelType {
     }
 
     pub fn is_moe(self) -> bool {
-        matches!(self, ModelType::Mixtral | ModelType::Qwen2Moe)
+        matches!(self, ModelType::Mixtral | ModelType::Qwen2Moe | ModelType::Qwen3Moe)
+    }
+
+    /// Qwen3 and Qwen3-MoE RMS-normalise every query and key head over `head_dim` (weights
+    /// `self_attn.q_norm` / `self_attn.k_norm`, shape `[head_dim]`) before RoPE.
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, ModelType::Qwen3 | ModelType::Qwen3Moe)
     }
 
     /// The transformers class written into `architectures`.
@@ -58,6 +70,8 @@ impl ModelType {
             ModelType::Qwen2 => "Qwen2ForCausalLM",
             ModelType::Mixtral => "MixtralForCausalLM",
             ModelType::Qwen2Moe => "Qwen2MoeForCausalLM",
+            ModelType::Qwen3 => "Qwen3ForCausalLM",
+            ModelType::Qwen3Moe => "Qwen3MoeForCausalLM",
         }
     }
 
@@ -107,19 +121,20 @@ impl std::fmt::Display for SizeError {
     }
 }
 
-/// Mixture-of-Experts settings (mixtral: `num_local_experts`; qwen2_moe: `num_experts` and friends).
+/// Mixture-of-Experts settings (mixtral: `num_local_experts`; qwen2_moe and qwen3_moe: `num_experts`
+/// and friends; transformers writes qwen3_moe's count as `num_local_experts`, the hub as `num_experts`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct MoeConfig {
     pub num_experts: usize,
     pub num_experts_per_tok: usize,
     /// FFN size of one routed expert (mixtral: `intermediate_size`; qwen2_moe: `moe_intermediate_size`).
     pub expert_intermediate_size: usize,
-    /// FFN size of the shared expert; 0 when the family has none (mixtral).
+    /// FFN size of the shared expert; 0 when the family has none (mixtral, qwen3_moe).
     pub shared_expert_intermediate_size: usize,
     /// Renormalise the top-k routing weights to sum to one (always true for mixtral).
     pub norm_topk_prob: bool,
     pub router_aux_loss_coef: f64,
-    /// qwen2_moe: layer `l` is sparse when `(l + 1) % decoder_sparse_step == 0` ...
+    /// qwen2_moe / qwen3_moe: layer `l` is sparse when `(l + 1) % decoder_sparse_step == 0` ...
     pub decoder_sparse_step: usize,
     /// ... and `l` is not listed here.
     pub mlp_only_layers: Vec<usize>,
@@ -131,7 +146,7 @@ pub struct ModelConfig {
     pub model_type: ModelType,
     pub vocab_size: usize,
     pub hidden_size: usize,
-    /// Dense MLP size (for qwen2_moe: the size used by `mlp_only_layers`).
+    /// Dense MLP size (for qwen2_moe and qwen3_moe: the size used by the dense layers).
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
@@ -143,9 +158,9 @@ pub struct ModelConfig {
     pub rope_scaling: Option<Value>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Bias on q, k and v projections (qwen2 always; llama with `attention_bias`).
+    /// Bias on q, k and v projections (qwen2 always; llama, qwen3 and qwen3_moe with `attention_bias`).
     pub qkv_bias: bool,
-    /// Bias on o_proj (llama `attention_bias` only).
+    /// Bias on o_proj (`attention_bias` of llama, qwen3 and qwen3_moe).
     pub o_bias: bool,
     /// Bias on gate/up/down (llama `mlp_bias`).
     pub mlp_bias: bool,
@@ -195,6 +210,31 @@ fn get_bool(raw: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<b
     }
 }
 
+/// `head_dim` of a qwen3 config.json that does not state it (transformers' `Qwen3Config` default).
+pub const QWEN3_DEFAULT_HEAD_DIM: usize = 128;
+
+fn mlp_only_layers(raw: &Map<String, Value>, path: &Path) -> Result<Vec<usize>> {
+    match raw.get("mlp_only_layers") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| FormatError::field(path, "mlp_only_layers", "expected a list of layer indices")),
+    }
+}
+
+/// qwen3_moe's expert count: the hub's configs say `num_experts`, transformers 5 writes the same
+/// attribute as `num_local_experts` (its `attribute_map`); either is accepted, both must agree.
+fn qwen3_moe_experts(raw: &Map<String, Value>, path: &Path) -> Result<usize> {
+    match (get_usize(raw, path, "num_experts")?, get_usize(raw, path, "num_local_experts")?) {
+        (Some(a), Some(b)) if a != b => Err(FormatError::field(
+            path,
+            "num_experts",
+            format!("{a} disagrees with num_local_experts ({b}); they name the same setting"),
+        )),
+        (Some(n), _) | (None, Some(n)) => Ok(n),
+        (None, None) => Err(FormatError::field(path, "num_experts", "missing (required; or num_local_experts)")),
+    }
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
@@ -230,6 +270,8 @@ impl ModelConfig {
         }
         let head_dim = match get_usize(&raw, path, "head_dim")? {
             Some(h) => h,
+            // Qwen3Config's own default, not hidden/heads (Qwen3MoeConfig has none and falls back to it).
+            None if model_type == ModelType::Qwen3 => QWEN3_DEFAULT_HEAD_DIM,
             None => {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(FormatError::field(
@@ -274,6 +316,10 @@ impl ModelConfig {
                 let attn = get_bool(&raw, path, "attention_bias")?.unwrap_or(false);
                 (attn, attn, get_bool(&raw, path, "mlp_bias")?.unwrap_or(false))
             }
+            ModelType::Qwen3 | ModelType::Qwen3Moe => {
+                let attn = get_bool(&raw, path, "attention_bias")?.unwrap_or(false);
+                (attn, attn, false)
+            }
             ModelType::Qwen2 => (true, false, false),
             ModelType::Qwen2Moe => (get_bool(&raw, path, "qkv_bias")?.unwrap_or(true), false, false),
             ModelType::Mistral | ModelType::Mixtral => (false, false, false),
@@ -305,12 +351,17 @@ impl ModelConfig {
                 norm_topk_prob: get_bool(&raw, path, "norm_topk_prob")?.unwrap_or(false),
                 router_aux_loss_coef: get_f64(&raw, path, "router_aux_loss_coef")?.unwrap_or(0.001),
                 decoder_sparse_step: get_usize(&raw, path, "decoder_sparse_step")?.unwrap_or(1).max(1),
-                mlp_only_layers: match raw.get("mlp_only_layers") {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                        FormatError::field(path, "mlp_only_layers", "expected a list of layer indices")
-                    })?,
-                },
+                mlp_only_layers: mlp_only_layers(&raw, path)?,
+            }),
+            ModelType::Qwen3Moe => Some(MoeConfig {
+                num_experts: qwen3_moe_experts(&raw, path)?,
+                num_experts_per_tok: get_usize(&raw, path, "num_experts_per_tok")?.unwrap_or(8),
+                expert_intermediate_size: req_usize(&raw, path, "moe_intermediate_size")?,
+                shared_expert_intermediate_size: 0,
+                norm_topk_prob: get_bool(&raw, path, "norm_topk_prob")?.unwrap_or(false),
+                router_aux_loss_coef: get_f64(&raw, path, "router_aux_loss_coef")?.unwrap_or(0.001),
+                decoder_sparse_step: get_usize(&raw, path, "decoder_sparse_step")?.unwrap_or(1).max(1),
+                mlp_only_layers: mlp_only_layers(&raw, path)?,
             }),
             _ => None,
         };
@@ -424,7 +475,7 @@ impl ModelConfig {
         let kv_width = u(self.num_key_value_heads).checked_mul(hd)?;
         // q, k, v, o and their biases, two norms.
         let attention = h.checked_add(1)?.checked_mul(q_width.checked_mul(2)?.checked_add(kv_width.checked_mul(2)?)?)?;
-        let norms = h.checked_mul(2)?;
+        let norms = h.checked_add(hd)?.checked_mul(2)?;
         let mlp = |ffn: u64| h.checked_add(1)?.checked_mul(ffn.checked_mul(3)?);
         let ffn = match &self.moe {
             None => mlp(u(self.intermediate_size))?,
@@ -445,8 +496,8 @@ impl ModelConfig {
     /// An upper bound on the number of stored tensors.
     fn tensor_upper_bound(&self) -> Option<u64> {
         let experts = self.moe.as_ref().map_or(0, |m| m.num_experts as u64);
-        // 15 per layer covers attention with biases, norms, router, dense or shared MLP and gates.
-        let per_layer = experts.checked_mul(3)?.checked_add(15)?;
+        // 17 per layer covers attention with biases and q/k norms, norms, router, dense or shared MLP and gates.
+        let per_layer = experts.checked_mul(3)?.checked_add(17)?;
         per_layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(3)
     }
 
@@ -509,7 +560,9 @@ impl ModelConfig {
         put("num_attention_heads", self.num_attention_heads.into(), o.map(|c| c.num_attention_heads.into()));
         // These two have defaults derived from other fields: once those change, state them explicitly.
         let heads_changed = o.is_none_or(|c| c.num_attention_heads != self.num_attention_heads);
-        let width_changed = heads_changed || o.is_none_or(|c| c.hidden_size != self.hidden_size);
+        // A new family may default head_dim differently (qwen3: 128; the others: hidden/heads).
+        let type_changed = o.is_none_or(|c| c.model_type != self.model_type);
+        let width_changed = heads_changed || type_changed || o.is_none_or(|c| c.hidden_size != self.hidden_size);
         let kv_old = if heads_changed { None } else { o.map(|c| c.num_key_value_heads.into()) };
         put("num_key_value_heads", self.num_key_value_heads.into(), kv_old);
         let head_dim_old = if width_changed { None } else { o.map(|c| c.head_dim.into()) };
@@ -536,6 +589,10 @@ impl ModelConfig {
                 put("attention_bias", attn.into(), o.map(|c| (c.qkv_bias || c.o_bias).into()));
                 put("mlp_bias", self.mlp_bias.into(), o.map(|c| c.mlp_bias.into()));
             }
+            ModelType::Qwen3 | ModelType::Qwen3Moe => {
+                let attn = self.qkv_bias || self.o_bias;
+                put("attention_bias", attn.into(), o.map(|c| (c.qkv_bias || c.o_bias).into()));
+            }
             ModelType::Qwen2Moe => {
                 put("qkv_bias", self.qkv_bias.into(), o.map(|c| c.qkv_bias.into()));
             }
@@ -552,17 +609,28 @@ impl ModelConfig {
                     out.insert("intermediate_size".into(), m.expert_intermediate_size.into());
                 }
                 _ => {
-                    put("num_experts", m.num_experts.into(), om.map(|x| x.num_experts.into()));
+                    // qwen3_moe as transformers writes it says `num_local_experts`; keep that spelling.
+                    let experts_key = if self.model_type == ModelType::Qwen3Moe
+                        && self.raw.contains_key("num_local_experts")
+                        && !self.raw.contains_key("num_experts")
+                    {
+                        "num_local_experts"
+                    } else {
+                        "num_experts"
+                    };
+                    put(experts_key, m.num_experts.into(), om.map(|x| x.num_experts.into()));
                     put(
                         "moe_intermediate_size",
                         m.expert_intermediate_size.into(),
                         om.map(|x| x.expert_intermediate_size.into()),
                     );
-                    put(
-                        "shared_expert_intermediate_size",
-                        m.shared_expert_intermediate_size.into(),
-                        om.map(|x| x.shared_expert_intermediate_size.into()),
-                    );
+                    if self.model_type == ModelType::Qwen2Moe {
+                        put(
+                            "shared_expert_intermediate_size",
+                            m.shared_expert_intermediate_size.into(),
+                            om.map(|x| x.shared_expert_intermediate_size.into()),
+                        );
+                    }
                     put("norm_topk_prob", m.norm_topk_prob.into(), om.map(|x| x.norm_topk_prob.into()));
                     put("decoder_sparse_step", m.decoder_sparse_step.into(), om.map(|x| x.decoder_sparse_step.into()));
                     put(
@@ -714,5 +782,75 @@ mod tests {
         let sparse: Vec<bool> = (0..4).map(|l| cfg.is_moe_layer(l)).collect();
         assert_eq!(sparse, vec![false, true, false, false]);
         assert!(cfg.qkv_bias);
+    }
+
+    fn qwen3_moe() -> Value {
+        // As transformers 5 writes it: the expert count under `num_local_experts`, no shared expert.
+        json!({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 10,
+            "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 6, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 4, "decoder_sparse_step": 1, "mlp_only_layers": [2], "norm_topk_prob": true,
+            "attention_bias": false, "layer_future_field": {"a": 1}})
+    }
+
+    #[test]
+    fn qwen3_head_dim_defaults_to_128_and_attention_bias_covers_o() {
+        let v = json!({"model_type": "qwen3", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "attention_bias": true});
+        let cfg = ModelConfig::from_json(v.clone(), Path::new("c")).unwrap();
+        assert_eq!(cfg.head_dim, QWEN3_DEFAULT_HEAD_DIM, "Qwen3Config's default, not hidden/heads");
+        assert!(cfg.qkv_bias && cfg.o_bias && !cfg.mlp_bias);
+        assert!(cfg.model_type.has_qk_norm() && !cfg.model_type.is_moe());
+        assert_eq!(cfg.to_json(), v, "untouched qwen3 config round-trips key for key");
+    }
+
+    #[test]
+    fn qwen3_moe_reads_either_expert_key_and_keeps_its_spelling() {
+        let cfg = ModelConfig::from_json(qwen3_moe(), Path::new("c")).unwrap();
+        let m = cfg.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.num_experts_per_tok, m.expert_intermediate_size), (6, 2, 4));
+        assert_eq!(m.shared_expert_intermediate_size, 0);
+        assert!(m.norm_topk_prob && cfg.model_type.has_qk_norm());
+        let sparse: Vec<bool> = (0..4).map(|l| cfg.is_moe_layer(l)).collect();
+        assert_eq!(sparse, vec![true, true, false, true]);
+        assert_eq!(cfg.to_json(), qwen3_moe());
+        let mut grown = cfg.clone();
+        grown.moe.as_mut().unwrap().num_experts = 12;
+        let out = grown.to_json();
+        assert_eq!(out["num_local_experts"], 12);
+        assert!(out.get("num_experts").is_none() && out.get("shared_expert_intermediate_size").is_none(), "{out}");
+        // The hub's spelling is read too; two disagreeing counts are refused by name.
+        let mut hub = qwen3_moe();
+        let o = hub.as_object_mut().unwrap();
+        o.remove("num_local_experts");
+        o.insert("num_experts".into(), 6.into());
+        assert_eq!(ModelConfig::from_json(hub.clone(), Path::new("c")).unwrap().moe.unwrap().num_experts, 6);
+        hub["num_local_experts"] = 5.into();
+        let err = ModelConfig::from_json(hub, Path::new("m/config.json")).unwrap_err().to_string();
+        assert!(err.contains("num_experts") && err.contains("num_local_experts"), "{err}");
+    }
+
+    #[test]
+    fn qwen3_to_qwen3_moe_states_head_dim_and_the_moe_fields() {
+        // head_dim absent means 128 for qwen3 but hidden/heads for qwen3_moe: a conversion must state it.
+        let v = json!({"model_type": "qwen3", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2});
+        let mut cfg = ModelConfig::from_json(v, Path::new("c")).unwrap();
+        cfg.model_type = ModelType::Qwen3Moe;
+        cfg.moe = Some(MoeConfig {
+            num_experts: 4,
+            num_experts_per_tok: 2,
+            expert_intermediate_size: 16,
+            shared_expert_intermediate_size: 0,
+            norm_topk_prob: true,
+            router_aux_loss_coef: 0.001,
+            decoder_sparse_step: 1,
+            mlp_only_layers: vec![],
+        });
+        let out = cfg.to_json();
+        assert_eq!((out["model_type"].clone(), out["head_dim"].clone()), (json!("qwen3_moe"), json!(128)));
+        assert_eq!(out["architectures"], json!(["Qwen3MoeForCausalLM"]));
+        let back = ModelConfig::from_json(out, Path::new("x")).unwrap();
+        assert_eq!((back.head_dim, back.moe), (128, cfg.moe));
     }
 }

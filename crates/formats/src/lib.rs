@@ -1,6 +1,7 @@
 //! escale-formats: Hugging Face checkpoint formats with no ML framework underneath.
 //!
-//! * [`config`]: typed `config.json` for llama, mistral, qwen2, mixtral and qwen2_moe that keeps
+//! * [`config`]: typed `config.json` for llama, mistral, qwen2, qwen3, mixtral, qwen2_moe and
+//!   qwen3_moe that keeps
 //!   every unknown field;
 //! * [`naming`]: logical parameter <-> HF tensor name, and the tensor list a config implies;
 //! * [`reader`]: memory-mapped, validated reading of single-file and sharded safetensors folders;

@@ -38,6 +38,9 @@ pub enum LayerParam {
     KBias,
     VBias,
     OBias,
+    /// qwen3 / qwen3_moe per-head RMSNorm weights `[head_dim]` on queries and keys.
+    QNorm,
+    KNorm,
     Mlp(MlpSite, MlpPart),
     /// Router `[experts, hidden]` (mixtral `block_sparse_moe.gate`, qwen2_moe `mlp.gate`).
     Router,
@@ -102,6 +105,8 @@ pub fn hf_name(model_type: ModelType, param: Param) -> String {
                 LayerParam::KBias => "self_attn.k_proj.bias".to_string(),
                 LayerParam::VBias => "self_attn.v_proj.bias".to_string(),
                 LayerParam::OBias => "self_attn.o_proj.bias".to_string(),
+                LayerParam::QNorm => "self_attn.q_norm.weight".to_string(),
+                LayerParam::KNorm => "self_attn.k_norm.weight".to_string(),
                 LayerParam::Router => format!("{}.gate.weight", moe_block(model_type)),
                 LayerParam::SharedExpertGate => "mlp.shared_expert_gate.weight".to_string(),
                 LayerParam::Mlp(site, part) => {
@@ -156,6 +161,8 @@ fn candidate_layer_params(rest: &str) -> impl Iterator<Item = LayerParam> {
         LayerParam::KBias,
         LayerParam::VBias,
         LayerParam::OBias,
+        LayerParam::QNorm,
+        LayerParam::KNorm,
         LayerParam::Router,
         LayerParam::SharedExpertGate,
     ];
@@ -205,6 +212,10 @@ pub fn expected_params(cfg: &ModelConfig) -> Vec<(Param, Vec<usize>)> {
         push(LayerParam::O, vec![h, q_out]);
         if cfg.o_bias {
             push(LayerParam::OBias, vec![h]);
+        }
+        if cfg.model_type.has_qk_norm() {
+            push(LayerParam::QNorm, vec![cfg.head_dim]);
+            push(LayerParam::KNorm, vec![cfg.head_dim]);
         }
         match (&cfg.moe, cfg.is_moe_layer(l)) {
             (Some(m), true) => {
@@ -304,6 +315,11 @@ mod tests {
             json!({"model_type": "qwen2_moe", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
                    "num_hidden_layers": 2, "num_attention_heads": 2, "num_experts": 12, "moe_intermediate_size": 4,
                    "shared_expert_intermediate_size": 8, "num_experts_per_tok": 2}),
+            json!({"model_type": "qwen3", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+                   "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 6, "attention_bias": true}),
+            json!({"model_type": "qwen3_moe", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+                   "num_hidden_layers": 3, "num_attention_heads": 2, "num_experts": 3, "moe_intermediate_size": 4,
+                   "num_experts_per_tok": 2, "mlp_only_layers": [1]}),
         ];
         for c in configs {
             let c = cfg(c);
@@ -313,6 +329,27 @@ mod tests {
             }
         }
         assert_eq!(parse_hf_name(ModelType::Llama, "model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+    }
+
+    #[test]
+    fn qwen3_q_and_k_norms_act_on_head_dim() {
+        let c = cfg(json!({"model_type": "qwen3", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 6}));
+        let params = expected_params(&c);
+        let names: Vec<String> = params.iter().map(|(p, _)| hf_name(c.model_type, *p)).collect();
+        // transformers' state_dict order: projections, then q_norm and k_norm, then the MLP.
+        assert_eq!(names[1..7], [
+            "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+            "model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"]);
+        assert_eq!((params[1].1.clone(), params[5].1.clone(), params[6].1.clone()), (vec![24, 8], vec![6], vec![6]));
+        let moe = cfg(json!({"model_type": "qwen3_moe", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_experts": 3, "moe_intermediate_size": 4,
+            "num_experts_per_tok": 1}));
+        let names: Vec<String> = expected_params(&moe).iter().map(|(p, _)| hf_name(moe.model_type, *p)).collect();
+        assert!(names.contains(&"model.layers.0.mlp.gate.weight".to_string()));
+        assert!(names.contains(&"model.layers.0.mlp.experts.2.down_proj.weight".to_string()));
+        assert!(names.iter().all(|n| !n.contains("shared_expert")), "qwen3_moe has no shared expert: {names:?}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct ModelSummary {
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Per-head RMSNorm on queries and keys (qwen3, qwen3_moe).
+    pub qk_norm: bool,
     pub rope_theta: f64,
     pub rope_scaling: Option<serde_json::Value>,
     pub max_position_embeddings: usize,
@@ -117,6 +119,7 @@ pub fn summarize(ckpt: &Checkpoint, with_tensors: bool) -> ModelSummary {
         qkv_bias: cfg.qkv_bias,
         o_bias: cfg.o_bias,
         mlp_bias: cfg.mlp_bias,
+        qk_norm: cfg.model_type.has_qk_norm(),
         rope_theta: cfg.rope_theta,
         rope_scaling: cfg.rope_scaling.clone(),
         max_position_embeddings: cfg.max_position_embeddings,
@@ -192,11 +195,12 @@ impl ModelSummary {
         let dtypes: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
         let _ = writeln!(
             s,
-            "  dtypes: {}  biases: qkv {} o {} mlp {}",
+            "  dtypes: {}  biases: qkv {} o {} mlp {}{}",
             dtypes.join(", "),
             yes(self.qkv_bias),
             yes(self.o_bias),
-            yes(self.mlp_bias)
+            yes(self.mlp_bias),
+            if self.qk_norm { "  q/k norm: per head over head_dim" } else { "" }
         );
         let _ = writeln!(
             s,

@@ -589,3 +589,81 @@ fn shared_model(name: &str) -> Option<PathBuf> {
         None
     }
 }
+
+fn qwen3_config(head_dim: usize, attention_bias: bool) -> Value {
+    let mut c = dense_config("qwen3", false);
+    c["head_dim"] = json!(head_dim);
+    c["attention_bias"] = json!(attention_bias);
+    c
+}
+
+#[test]
+fn qwen3_upcycles_to_qwen3_moe_with_its_q_k_norms_biases_and_head_dim() {
+    let tmp = tempfile::tempdir().unwrap();
+    // head_dim 6 with hidden 16 and 4 heads: not hidden/heads, and not qwen3_moe's implied default.
+    let src = write_dense(&tmp.path().join("qwen3"), qwen3_config(6, true), DType::F32, 31);
+    let out = tmp.path().join("moe");
+    let report = run(&src, &out, &opts(4, 2));
+    assert_eq!(report.plan.format, MoeFormat::Qwen3Moe, "a qwen3 source defaults to qwen3_moe");
+    assert!(report.plan.exactness.exact, "{:?}", report.plan.exactness);
+    let (dense, moe) = (Checkpoint::open(&src).unwrap(), Checkpoint::open(&out).unwrap());
+    assert_eq!((moe.config.model_type, moe.config.head_dim), (ModelType::Qwen3Moe, 6));
+    assert!(moe.config.qkv_bias && moe.config.o_bias);
+    assert!(moe.tensors().iter().all(|t| !t.name.contains("shared_expert")), "qwen3_moe has no shared expert");
+    assert!(moe.info("model.layers.1.self_attn.k_norm.weight").is_some());
+    assert_non_mlp_copied(&dense, &moe);
+    let err = moe_vs_dense(&dense, &moe, 20);
+    assert!(err < 1e-12, "MoE MLP differs from the dense MLP by {err}");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"], json!(["Qwen3MoeForCausalLM"]));
+    assert_eq!((cfg["num_experts"].clone(), cfg["norm_topk_prob"].clone()), (json!(4), json!(true)));
+    assert_eq!((cfg["head_dim"].clone(), cfg["attention_bias"].clone()), (json!(6), json!(true)));
+    assert!(cfg.get("shared_expert_intermediate_size").is_none(), "{cfg}");
+    assert_eq!(cfg["escale_test_unknown_field"], json!({"keep": [1, 2]}));
+}
+
+#[test]
+fn layer_pattern_keeps_dense_layers_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = write_dense(&tmp.path().join("qwen3"), qwen3_config(4, false), DType::BF16, 32);
+    let dense = Checkpoint::open(&src).unwrap();
+    // Step 2 over 2 layers: layer 1 sparse, layer 0 dense; the same through mlp_only_layers.
+    for (i, o) in [ScaleOutOptions { sparse_step: 2, ..opts(4, 2) }, ScaleOutOptions { dense_layers: vec![0], ..opts(4, 2) }]
+        .into_iter()
+        .enumerate()
+    {
+        let out = tmp.path().join(format!("moe{i}"));
+        let report = run(&src, &out, &o);
+        assert!(report.plan.exactness.exact);
+        let moe = Checkpoint::open(&out).unwrap();
+        assert_eq!((moe.config.is_moe_layer(0), moe.config.is_moe_layer(1)), (false, true));
+        let m = moe.config.moe.as_ref().unwrap();
+        assert_eq!((m.decoder_sparse_step, m.mlp_only_layers.clone()), (o.sparse_step, o.dense_layers.clone()));
+        assert_eq!(moe.config.intermediate_size, FFN, "dense layers keep the dense FFN size");
+        for part in [MlpPart::Gate, MlpPart::Up, MlpPart::Down] {
+            let name = dense.name_of(mlp(0, MlpSite::Dense, part));
+            assert_eq!(moe.bytes(&name).unwrap(), dense.bytes(&name).unwrap(), "{name}");
+            assert!(moe.info(&moe.name_of(mlp(0, MlpSite::Expert(0), part))).is_none());
+            let expert = moe.name_of(mlp(1, MlpSite::Expert(3), part));
+            assert_eq!(moe.bytes(&expert).unwrap(), dense.bytes(&dense.name_of(mlp(1, MlpSite::Dense, part))).unwrap());
+        }
+        assert!(moe.info("model.layers.0.mlp.gate.weight").is_none() && moe.info("model.layers.1.mlp.gate.weight").is_some());
+    }
+}
+
+#[test]
+fn q_k_norm_and_layer_pattern_mismatches_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let qwen3 = write_dense(&tmp.path().join("qwen3"), qwen3_config(4, false), DType::F32, 33);
+    let llama = write_dense(&tmp.path().join("llama"), dense_config("llama", false), DType::F32, 34);
+    let out = tmp.path().join("moe");
+    for f in [MoeFormat::Mixtral, MoeFormat::Qwen2Moe] {
+        assert_refused(&qwen3, &out, &ScaleOutOptions { format: Some(f), ..opts(4, 2) }, &["q/k RMSNorm", "--format qwen3_moe"]);
+    }
+    assert_refused(&llama, &out, &ScaleOutOptions { format: Some(MoeFormat::Qwen3Moe), ..opts(4, 2) }, &["q_norm", "llama"]);
+    assert_refused(&qwen3, &out, &ScaleOutOptions { shared_experts: 2, ..opts(4, 2) }, &["--shared-experts", "no shared expert"]);
+    assert_refused(&llama, &out, &ScaleOutOptions { sparse_step: 2, ..opts(4, 2) }, &["--sparse-step", "Mixtral"]);
+    assert_refused(&qwen3, &out, &ScaleOutOptions { sparse_step: 0, ..opts(4, 2) }, &["--sparse-step", "at least 1"]);
+    assert_refused(&qwen3, &out, &ScaleOutOptions { dense_layers: vec![2], ..opts(4, 2) }, &["--dense-layers", "layer 2"]);
+    assert_refused(&qwen3, &out, &ScaleOutOptions { dense_layers: vec![0, 1], ..opts(4, 2) }, &["no layer", "sparse"]);
+}

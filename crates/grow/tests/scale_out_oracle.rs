@@ -113,3 +113,33 @@ fn stories260k_upcycles_exactly_under_transformers() {
         assert!(d < TOL, "stories260K {o:?}: max |dlogit| {d}");
     }
 }
+
+#[test]
+fn qwen3_to_qwen3_moe_is_exact_under_transformers_and_unrenormalised_routing_is_not() {
+    let oracle = require_oracle!();
+    // head_dim 12 != hidden/heads (32/4) and attention biases on q, k, v and o: the q/k norms and
+    // the explicit head_dim must survive the conversion (qwen3_moe has no head_dim default of 128).
+    let qwen3 = oracle.make_tiny(&TinySpec {
+        seed: 23,
+        layers: 3,
+        head_dim: Some(12),
+        attention_bias: Some(true),
+        ..TinySpec::new(Family::Qwen3)
+    });
+    let cases = [
+        // The default format for a qwen3 source, plain copies.
+        opts(4, 2),
+        // Granular experts (FFN 64 -> 32 per expert), and a layer pattern: only layer 1 and 2 sparse,
+        // layer 2 kept dense by mlp_only_layers -> layers 0 and 2 dense, layer 1 sparse.
+        ScaleOutOptions { format: Some(MoeFormat::Qwen3Moe), granularity: 2, sparse_step: 2, ..opts(8, 4) },
+        ScaleOutOptions { dense_layers: vec![0, 2], ..opts(4, 2) },
+        // norm_topk_prob = false: the MLP output is scaled by each token's top-k probability mass.
+        ScaleOutOptions { renormalize: false, ..opts(4, 2) },
+    ];
+    let d = oracle_diffs(&oracle, &qwen3, 128, &cases);
+    for (i, (diff, _)) in d[..3].iter().enumerate() {
+        assert!(*diff < TOL, "{:?}: max |dlogit| {diff}", cases[i]);
+    }
+    let (unnorm, scale) = d[3];
+    assert!(unnorm > 1e-3 && unnorm < scale, "norm_topk_prob=false must change the logits: {unnorm} of {scale}");
+}

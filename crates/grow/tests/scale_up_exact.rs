@@ -1,4 +1,4 @@
-//! End-to-end Scale-Up on random tiny llama / mistral / qwen2 checkpoints (tied and untied),
+//! End-to-end Scale-Up on random tiny llama / mistral / qwen2 / qwen3 checkpoints (tied and untied),
 //! checked with the independent f64 reference forward pass in `scale_up_support`: the exact
 //! combinations keep the logits (1e-4 relative), the others do not, and the tests print by how much.
 
@@ -12,8 +12,16 @@ use escale_grow::scale_up::{
 };
 use scale_up_support::{dims, logit_delta, make_tiny, tiny_config, Model, IDS};
 
-const FAMILIES: [(&str, bool); 6] =
-    [("llama", false), ("llama", true), ("mistral", false), ("mistral", true), ("qwen2", false), ("qwen2", true)];
+const FAMILIES: [(&str, bool); 8] = [
+    ("llama", false),
+    ("llama", true),
+    ("mistral", false),
+    ("mistral", true),
+    ("qwen2", false),
+    ("qwen2", true),
+    ("qwen3", false),
+    ("qwen3", true),
+];
 
 fn fpi(preset: Preset) -> ScaleUpOptions {
     ScaleUpOptions { method: Method::Fpi, preset, ..Default::default() }

@@ -69,3 +69,33 @@ fn fpi_at_a_non_integer_ratio_is_not_exact_under_transformers() {
     assert!(!exact, "the plan must not call fpi at 1.25x exact");
     assert!(rel > 1e-3, "fpi at 1.25x should visibly change the logits, got {rel:e}");
 }
+
+#[test]
+fn exact_qwen3_growth_keeps_transformers_logits_with_q_k_norms_and_wide_heads() {
+    let oracle = require_oracle!();
+    let tmp = tempfile::tempdir().unwrap();
+    // head_dim 12 while hidden/heads is 8: growth keeps head_dim as hidden grows, and the output
+    // states it (48/6 = 8, 40/8 = 5, neither 12). rms_norm_eps 0.05 makes the q/k norms' eps
+    // matter: zero-pad scales it by kappa^2 and must compensate on the q/k rows (spec §2.4).
+    let cases = [
+        (false, target(64, 96, 8, 4), fpi(Preset::Fpi, DepthMethod::Identity), "fpi 2x + identity depth"),
+        (true, target(48, 80, 6, 3), fpi(Preset::FpiScaled, DepthMethod::InterpolateIdentity), "fpi-scaled 1.5x + interpolate-identity"),
+        (false, target(40, 72, 8, 3), fpi(Preset::ZeroPad, DepthMethod::InterpolateIdentity), "zero-pad 1.25x + interpolate-identity"),
+    ];
+    for (i, (tied, t, o, what)) in cases.into_iter().enumerate() {
+        let spec = TinySpec {
+            tied,
+            seed: 50 + i as u64,
+            head_dim: Some(12),
+            rms_norm_eps: 0.05,
+            attention_bias: Some(i == 0),
+            ..TinySpec::new(Family::Qwen3)
+        };
+        let src = oracle.make_tiny(&spec);
+        let reference = logits(&oracle, &src);
+        let (rel, exact) = grow(&oracle, &src, &reference, &tmp.path().join(format!("qwen3-{i}")), t, o);
+        println!("{what} (qwen3, tied {tied}): transformers max |dlogit| / max |logit| = {rel:.2e}");
+        assert!(exact, "{what}: the plan should call this exact");
+        assert!(rel < 1e-4, "{what}: relative logit error {rel:e} under transformers");
+    }
+}

@@ -1,5 +1,5 @@
-//! escale-model: dense and MoE decoder-only LMs (llama, mistral, qwen2, mixtral, qwen2_moe) on
-//! candle, loaded from and saved to HF folders through `escale-formats`, with a forward pass whose
+//! escale-model: dense and MoE decoder-only LMs (llama, mistral, qwen2, qwen3, mixtral, qwen2_moe,
+//! qwen3_moe) on candle, loaded from and saved to HF folders through `escale-formats`, with a forward pass whose
 //! every op has a correct gradient (composite candle-core ops only; see [`ops`]).
 
 #[cfg(feature = "engine")]

@@ -1,4 +1,4 @@
-//! One decoder-only model definition for llama, mistral, qwen2, mixtral and qwen2_moe.
+//! One decoder-only model definition for llama, mistral, qwen2, qwen3, mixtral, qwen2_moe and qwen3_moe.
 //!
 //! Parameters are candle [`Var`]s named exactly as in the HF checkpoint, so the trainer can
 //! optimise them and [`Model::save`] can write them back without a renaming table. The forward
@@ -71,6 +71,8 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// qwen3 / qwen3_moe: RMSNorm weights `[head_dim]` applied to every query and key head before RoPE.
+    qk_norm: Option<(Var, Var)>,
     ffn: Ffn,
     /// Attention window (mistral/mixtral `sliding_window`, qwen2 sliding layers); `None` = full.
     window: Option<usize>,
@@ -129,7 +131,10 @@ enum Init {
 
 fn init_kind(p: Param) -> Init {
     match p {
-        Param::FinalNorm | Param::Layer(_, LayerParam::InputNorm | LayerParam::PostAttnNorm) => Init::Ones,
+        Param::FinalNorm
+        | Param::Layer(_, LayerParam::InputNorm | LayerParam::PostAttnNorm | LayerParam::QNorm | LayerParam::KNorm) => {
+            Init::Ones
+        }
         Param::Layer(
             _,
             LayerParam::QBias
@@ -163,10 +168,16 @@ fn layer_windows(cfg: &ModelConfig) -> Vec<Option<usize>> {
     match cfg.model_type {
         ModelType::Llama => vec![None; n],
         ModelType::Mistral | ModelType::Mixtral => vec![cfg.sliding_window; n],
-        ModelType::Qwen2 | ModelType::Qwen2Moe => {
+        ModelType::Qwen2 | ModelType::Qwen2Moe | ModelType::Qwen3 => {
             let on = raw.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
             let from = raw.get("max_window_layers").and_then(Value::as_u64).unwrap_or(28) as usize;
             (0..n).map(|l| if on && l >= from { cfg.sliding_window } else { None }).collect()
+        }
+        // Qwen3MoeAttention takes the config's window on every layer; the config keeps it only
+        // under `use_sliding_window`.
+        ModelType::Qwen3Moe => {
+            let on = raw.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+            vec![if on { cfg.sliding_window } else { None }; n]
         }
     }
 }
@@ -233,6 +244,10 @@ impl Model {
                 k: lin(l, LayerParam::K, LayerParam::KBias)?,
                 v: lin(l, LayerParam::V, LayerParam::VBias)?,
                 o: lin(l, LayerParam::O, LayerParam::OBias)?,
+                qk_norm: match (opt(Param::Layer(l, LayerParam::QNorm)), opt(Param::Layer(l, LayerParam::KNorm))) {
+                    (Some(q), Some(k)) => Some((q, k)),
+                    _ => None,
+                },
                 ffn,
                 window,
             });
@@ -460,8 +475,18 @@ impl Model {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let g = nh / nkv;
-        let q = layer.q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?; // [b, nh, s, hd]
-        let k = layer.k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let q = layer.q.forward(x)?.reshape((b, s, nh, hd))?;
+        let k = layer.k.forward(x)?.reshape((b, s, nkv, hd))?;
+        // qwen3: each head's query and key RMS-normalised over head_dim (the same norm as the
+        // layer norms, broadcast over heads), before RoPE.
+        let (q, k) = match &layer.qk_norm {
+            Some((qn, kn)) => {
+                (ops::rms_norm(&q, qn.as_tensor(), cfg.rms_norm_eps)?, ops::rms_norm(&k, kn.as_tensor(), cfg.rms_norm_eps)?)
+            }
+            None => (q, k),
+        };
+        let q = q.transpose(1, 2)?; // [b, nh, s, hd]
+        let k = k.transpose(1, 2)?;
         let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;

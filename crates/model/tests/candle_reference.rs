@@ -1,4 +1,5 @@
-//! Logits agree with candle-transformers' own llama / mistral / qwen2 / mixtral / qwen2_moe models
+//! Logits agree with candle-transformers' own llama / mistral / qwen2 / qwen3 / mixtral / qwen2_moe /
+//! qwen3_moe models
 //! (written by the candle authors, forward only) on the same random tiny checkpoints.
 //!
 //! Those models return only the last position's logits, so every position is compared by feeding
@@ -45,6 +46,7 @@ fn candle_json(cfg: &ModelConfig) -> serde_json::Value {
     o.insert("use_flash_attn".into(), json!(false));
     o.insert("decoder_sparse_step".into(), json!(1));
     o.insert("tie_word_embeddings".into(), json!(cfg.tie_word_embeddings));
+    o.insert("attention_bias".into(), json!(cfg.qkv_bias));
     v
 }
 
@@ -131,5 +133,33 @@ fn qwen2_moe_matches_candle_qwen2_moe() {
         compare(&ours, |t, p| theirs.forward(t, p).unwrap(), &format!("qwen2_moe norm_topk_prob={norm}"));
         let mut theirs = ct::qwen2_moe::Model::new(&c, var_builder(dir.path())).unwrap();
         compare_last(&ours, theirs.forward(&common::ids(&[&SEQ]), 0).unwrap(), "qwen2_moe");
+    }
+}
+
+#[test]
+fn qwen3_matches_candle_qwen3() {
+    for tied in [false, true] {
+        let mut cfg = common::tiny_config("qwen3");
+        cfg.tie_word_embeddings = tied;
+        let (ours, dir) = random_checkpoint(&cfg, 25);
+        let c: ct::qwen3::Config = serde_json::from_value(candle_json(&cfg)).unwrap();
+        let mut theirs = ct::qwen3::ModelForCausalLM::new(&c, var_builder(dir.path())).unwrap();
+        compare(&ours, |t, p| theirs.forward(t, p).unwrap(), &format!("qwen3 tied={tied}"));
+        theirs.clear_kv_cache();
+        compare_last(&ours, theirs.forward(&common::ids(&[&SEQ]), 0).unwrap(), "qwen3");
+    }
+}
+
+#[test]
+fn qwen3_moe_matches_candle_qwen3_moe() {
+    for norm in [false, true] {
+        let mut cfg = common::tiny_config("qwen3_moe");
+        cfg.moe.as_mut().unwrap().norm_topk_prob = norm;
+        let (ours, dir) = random_checkpoint(&cfg, 26);
+        let c: ct::qwen3_moe::Config = serde_json::from_value(candle_json(&cfg)).unwrap();
+        let mut theirs = ct::qwen3_moe::ModelForCausalLM::new(&c, var_builder(dir.path())).unwrap();
+        compare(&ours, |t, p| theirs.forward(t, p).unwrap(), &format!("qwen3_moe norm_topk_prob={norm}"));
+        theirs.clear_kv_cache();
+        compare_last(&ours, theirs.forward(&common::ids(&[&SEQ]), 0).unwrap(), "qwen3_moe");
     }
 }

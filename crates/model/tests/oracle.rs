@@ -101,3 +101,53 @@ fn qwen2_moe_with_and_without_norm_topk_prob() {
     check("qwen2_moe", TinySpec { norm_topk_prob: false, ..TinySpec::new(Family::Qwen2Moe) });
     check("qwen2_moe norm", TinySpec { norm_topk_prob: true, kv_heads: 1, ..TinySpec::new(Family::Qwen2Moe) });
 }
+
+#[test]
+fn qwen3_untied_f32_with_wide_heads_and_tied_bf16() {
+    // head_dim 12 with hidden 32 and 4 heads: q_proj is [48, 32], and q_norm / k_norm act on 12
+    // channels, so a norm taken over hidden/heads (8) or over all heads at once changes the logits.
+    check(
+        "qwen3",
+        TinySpec { head_dim: Some(12), attention_bias: Some(true), ..TinySpec::new(Family::Qwen3) },
+    );
+    check("qwen3 tied bf16", TinySpec { tied: true, dtype: Dtype::Bf16, seed: 5, ..TinySpec::new(Family::Qwen3) });
+}
+
+#[test]
+fn qwen3_moe_untied_f32_and_tied_bf16_with_dense_layers() {
+    check(
+        "qwen3_moe",
+        TinySpec {
+            norm_topk_prob: false,
+            layers: 3,
+            head_dim: Some(12),
+            extra_config: Some(serde_json::json!({"mlp_only_layers": [1]})),
+            ..TinySpec::new(Family::Qwen3Moe)
+        },
+    );
+    check(
+        "qwen3_moe tied bf16",
+        TinySpec { tied: true, dtype: Dtype::Bf16, seed: 7, kv_heads: 1, ..TinySpec::new(Family::Qwen3Moe) },
+    );
+}
+
+/// KV-cached greedy decoding of a qwen3 (q/k norms applied to each new token's head before RoPE at
+/// its position) continues exactly as transformers' argmax over the whole sequence says.
+#[test]
+fn qwen3_cached_greedy_generation_follows_transformers() {
+    let oracle = require_oracle!();
+    let spec = TinySpec { head_dim: Some(12), attention_bias: Some(true), ..TinySpec::new(Family::Qwen3) };
+    let dir = oracle.make_tiny(&spec);
+    let model = Model::load_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    let prompt = [1u32, 17, 5];
+    let new = escale_model::generate::generate(&model, &prompt, 10, &escale_model::generate::Decoding::Greedy, &[], |_| {}).unwrap();
+    let mut seq = prompt.to_vec();
+    seq.extend(&new);
+    let theirs = &oracle.logits(&dir, &[seq.clone()]).seqs[0];
+    let argmax: Vec<u32> = theirs
+        .logits
+        .chunks(theirs.vocab)
+        .map(|row| row.iter().enumerate().fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m }).0 as u32)
+        .collect();
+    assert_eq!(&argmax[prompt.len() - 1..seq.len() - 1], new.as_slice(), "generated {new:?} from {prompt:?}");
+}

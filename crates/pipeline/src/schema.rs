@@ -291,7 +291,7 @@ pub struct ScaleOutSpec {
     pub router_init: RouterInit,
     #[serde(default = "default_router_std")]
     pub router_std: f64,
-    /// Defaults to mixtral, or qwen2_moe when the source has QKV bias.
+    /// Defaults to qwen3_moe for a qwen3 source, qwen2_moe when the source has QKV bias, else mixtral.
     #[serde(default)]
     pub format: Option<MoeFormat>,
     #[serde(default = "default_granularity")]

@@ -30,11 +30,20 @@ pub enum Family {
     Qwen2,
     Mixtral,
     Qwen2Moe,
+    Qwen3,
+    Qwen3Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] =
-        [Family::Llama, Family::Mistral, Family::Qwen2, Family::Mixtral, Family::Qwen2Moe];
+    pub const ALL: [Family; 7] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Mixtral,
+        Family::Qwen2Moe,
+        Family::Qwen3,
+        Family::Qwen3Moe,
+    ];
 
     /// The HF `model_type`.
     pub fn as_str(self) -> &'static str {
@@ -44,11 +53,13 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Mixtral => "mixtral",
             Family::Qwen2Moe => "qwen2_moe",
+            Family::Qwen3 => "qwen3",
+            Family::Qwen3Moe => "qwen3_moe",
         }
     }
 
     pub fn is_moe(self) -> bool {
-        matches!(self, Family::Mixtral | Family::Qwen2Moe)
+        matches!(self, Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe)
     }
 }
 
@@ -90,17 +101,17 @@ pub struct TinySpec {
     pub rope_theta: f64,
     /// e.g. `{"rope_type": "linear", "factor": 2.0}`; merged into `rope_parameters`.
     pub rope_scaling: Option<serde_json::Value>,
-    /// MoE: number of experts (required for mixtral and qwen2_moe, must be `None` otherwise).
+    /// MoE: number of experts (required for mixtral, qwen2_moe and qwen3_moe, `None` otherwise).
     pub experts: Option<usize>,
     pub top_k: usize,
-    /// qwen2_moe: expert FFN size (`None`: `intermediate`).
+    /// qwen2_moe, qwen3_moe: expert FFN size (`None`: `intermediate`).
     pub moe_intermediate: Option<usize>,
     /// qwen2_moe: shared expert FFN size (`None`: `intermediate`).
     pub shared_expert_intermediate: Option<usize>,
-    /// qwen2_moe: renormalise the top-k routing weights.
+    /// qwen2_moe, qwen3_moe: renormalise the top-k routing weights.
     pub norm_topk_prob: bool,
     pub tied: bool,
-    /// llama: bias on q, k, v and o; qwen2_moe: `qkv_bias` (`None` = its default, on). qwen2 always
+    /// llama, qwen3, qwen3_moe: bias on q, k, v and o; qwen2_moe: `qkv_bias` (`None` = its default, on). qwen2 always
     /// has q/k/v biases; mistral and mixtral have none (asking for one is an error).
     pub attention_bias: Option<bool>,
     /// llama only.
@@ -152,7 +163,8 @@ impl Default for TinySpec {
 
 impl TinySpec {
     /// The default shape for `family`; MoE families get 4 experts, top-2 (qwen2_moe: expert FFN 32,
-    /// shared expert FFN 48, so the three FFN sizes differ and a mix-up changes shapes).
+    /// shared expert FFN 48, so the three FFN sizes differ and a mix-up changes shapes; qwen3_moe:
+    /// expert FFN 32, no shared expert).
     pub fn new(family: Family) -> TinySpec {
         let mut s = TinySpec { family, ..TinySpec::default() };
         if family.is_moe() {
@@ -161,6 +173,9 @@ impl TinySpec {
         if family == Family::Qwen2Moe {
             s.moe_intermediate = Some(32);
             s.shared_expert_intermediate = Some(48);
+        }
+        if family == Family::Qwen3Moe {
+            s.moe_intermediate = Some(32);
         }
         s
     }

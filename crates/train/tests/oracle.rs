@@ -109,3 +109,29 @@ fn moe_loss_values_match_transformers() {
     // Layer 0 alone is the worked example: Megatron 1.2304, z 7.4535.
     assert!((theirs.layers[0].megatron_aux - 1.2304).abs() < 1e-4 && (theirs.layers[0].z_loss - 7.4535).abs() < 1e-4);
 }
+
+#[test]
+fn adamw_steps_match_pytorch_for_qwen3_and_qwen3_moe_with_moe_losses() {
+    let oracle = require_oracle!();
+    // Dense qwen3 with head_dim != hidden/heads: the q/k norm weights get gradients and updates.
+    let dense = oracle.make_tiny(&TinySpec { head_dim: Some(12), ..TinySpec::new(Family::Qwen3) });
+    let spec = AdamWSpec { lr: 1e-2, weight_decay: 0.1, max_grad_norm: Some(0.5), steps: 2, ..AdamWSpec::default() };
+    let torch = oracle.adamw_step(&dense, &batch(), &spec);
+    let (grads, records, params) = escale_steps(&dense, &spec, false);
+    assert!(torch.grads.contains_key("model.layers.1.self_attn.q_norm.weight"));
+    compare("qwen3 gradient", &grads, &torch.grads, 2e-5);
+    for (i, (loss, norm)) in records.iter().enumerate() {
+        assert!((loss - torch.steps[i].loss).abs() < 1e-4, "qwen3 step {i} loss {loss} vs {}", torch.steps[i].loss);
+        assert!((norm - torch.steps[i].grad_norm).abs() < 1e-4 * norm.max(1.0), "qwen3 step {i} grad norm {norm}");
+    }
+    compare("qwen3 parameter", &params, &torch.params, 2e-5);
+
+    let moe = oracle.make_tiny(&TinySpec { norm_topk_prob: false, ..TinySpec::new(Family::Qwen3Moe) });
+    let spec = AdamWSpec { lr: 1e-2, weight_decay: 0.1, aux_coef: 0.1, z_coef: 0.05, steps: 1, ..AdamWSpec::default() };
+    let torch = oracle.adamw_step(&moe, &batch(), &spec);
+    let (grads, records, params) = escale_steps(&moe, &spec, true);
+    assert!(torch.steps[0].aux_loss.is_some() && torch.steps[0].z_loss.is_some());
+    assert!((records[0].0 - torch.steps[0].loss).abs() < 1e-4, "qwen3_moe loss {} vs {}", records[0].0, torch.steps[0].loss);
+    compare("qwen3_moe gradient", &grads, &torch.grads, 2e-5);
+    compare("qwen3_moe parameter", &params, &torch.params, 2e-5);
+}

@@ -261,3 +261,39 @@ fn gradient_accumulation_matches_the_full_batch() {
         assert_eq!(x["tokens"], y["tokens"]);
     }
 }
+
+/// qwen3 (q/k norms) and qwen3_moe (one dense, one sparse layer) learn, the MoE run logs its
+/// losses and loads for the sparse layer only, and the q/k norm weights are trained.
+#[test]
+fn qwen3_and_qwen3_moe_train_with_moe_losses() {
+    for (label, config, moe) in [("qwen3", tiny_qwen3_config(), false), ("qwen3_moe", tiny_qwen3_moe_config(), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = write_model(config, &dir.path().join("model"), 7);
+        let data = write_counting_data(&dir.path().join("train"), 64, 40, 16, 1);
+        let valid = write_counting_data(&dir.path().join("valid"), 8, 40, 16, 2);
+        let mut cfg = small_run(&model, &data, &dir.path().join("run"), 25);
+        cfg.valid = Some(valid);
+        cfg.eval_interval = 25;
+        cfg.eval_tokens = 256;
+        cfg.aux_loss_coef = 0.01;
+        let mut evals = Vec::new();
+        let summary = train(&cfg, &mut |e| {
+            if let TrainEvent::Eval(r) = e {
+                evals.push(r.val_loss)
+            }
+        })
+        .unwrap();
+        assert!(evals[0] > 3.5 && evals[1] < evals[0] - 1.0, "{label}: validation loss did not fall: {evals:?}");
+        let log = read_jsonl(&cfg.output.join(TRAIN_LOG));
+        let first = &log[0];
+        if moe {
+            assert!(first["aux_loss"].as_f64().unwrap() > 0.0 && first["z_loss"].as_f64().unwrap() > 0.0, "{first}");
+            assert_eq!(first["expert_load"].as_array().unwrap().len(), 1, "{label}: one sparse layer: {first}");
+        } else {
+            assert!(first["aux_loss"].is_null(), "{first}");
+        }
+        let trained = escale_model::Model::load_dir(&summary.final_checkpoint, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let q_norm: Vec<f32> = trained.var("model.layers.1.self_attn.q_norm.weight").unwrap().to_vec1().unwrap();
+        assert!(q_norm.iter().any(|w| (w - 1.0).abs() > 1e-3), "{label}: q_norm was not trained: {q_norm:?}");
+    }
+}

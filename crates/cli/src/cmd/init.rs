@@ -8,7 +8,8 @@ use escale_formats::DType;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// config.json describing the architecture (llama, mistral, qwen2, mixtral or qwen2_moe).
+    /// config.json describing the architecture (llama, mistral, qwen2, qwen3, mixtral,
+    /// qwen2_moe or qwen3_moe).
     /// Tokenizer files in the same folder are copied to the output.
     #[arg(long)]
     pub config: PathBuf,

@@ -11,7 +11,7 @@ use super::scale_up::{check_source_weights, open_source, print_verdict, report_s
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Dense source model folder (llama, mistral or qwen2; config.json + safetensors).
+    /// Dense source model folder (llama, mistral, qwen2 or qwen3; config.json + safetensors).
     pub source: PathBuf,
     /// Output folder for the MoE model (must not exist or be empty, unless --force; never the
     /// source, inside it or around it). Locked while written: a second writer is refused.
@@ -22,8 +22,9 @@ pub struct Args {
     /// Experts used per token. With --granularity G it must be a multiple of G for exactness.
     #[arg(long, default_value_t = ScaleOutOptions::default().top_k)]
     pub top_k: usize,
-    /// Output layout: `mixtral` (when unset, for sources without QKV bias) or `qwen2_moe` (when
-    /// unset, and required, for sources with QKV bias such as qwen2 and Aquila).
+    /// Output layout: `mixtral` (when unset, for sources without QKV bias), `qwen2_moe` (when
+    /// unset, and required, for sources with QKV bias such as qwen2 and Aquila) or `qwen3_moe`
+    /// (when unset, and required, for qwen3 sources: per-head q/k norms).
     #[arg(long, value_parser = choice::<MoeFormat>())]
     pub format: Option<MoeFormat>,
     /// Router initialisation: `normal` (N(0, std²)), `zeros`, or `uniform` (±1/√hidden).
@@ -52,10 +53,17 @@ pub struct Args {
     /// mean/std (breaks exactness on purpose; 0.5 was best in the paper).
     #[arg(long, default_value_t = ScaleOutOptions::default().drop_ratio, value_name = "RATIO")]
     pub drop_upcycling: f64,
-    /// qwen2_moe only: norm_topk_prob=false. NOT function-preserving (each token's output is scaled
+    /// qwen2_moe / qwen3_moe only: norm_topk_prob=false. NOT function-preserving (each token's output is scaled
     /// by its top-k probability mass); a warning is printed.
     #[arg(long)]
     pub no_renormalize: bool,
+    /// qwen2_moe / qwen3_moe: make only every STEP-th layer sparse (decoder_sparse_step; layer l is
+    /// sparse when (l+1) % STEP == 0); the other layers keep the dense MLP unchanged (exact).
+    #[arg(long, default_value_t = ScaleOutOptions::default().sparse_step, value_name = "STEP")]
+    pub sparse_step: usize,
+    /// qwen2_moe / qwen3_moe: layers (0-based, comma-separated) that keep the dense MLP (mlp_only_layers).
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    pub dense_layers: Vec<usize>,
     /// router_aux_loss_coef written to config.json (HF convention: added once over all layers).
     #[arg(long, default_value_t = ScaleOutOptions::default().aux_loss_coef)]
     pub aux_loss_coef: f64,
@@ -88,6 +96,8 @@ impl Args {
             noise: self.noise,
             drop_ratio: self.drop_upcycling,
             renormalize: !self.no_renormalize,
+            sparse_step: self.sparse_step,
+            dense_layers: self.dense_layers.clone(),
             aux_loss_coef: self.aux_loss_coef,
             dtype: self.write.dtype,
             threads: self.threads,
@@ -134,6 +144,15 @@ fn print_plan(p: &ScaleOutPlan) {
     );
     if p.shared_ffn > 0 {
         out!("  shared expert: {:?}, FFN {}", p.shared, p.shared_ffn);
+    }
+    if o.sparse_step != 1 || !o.dense_layers.is_empty() {
+        let layers = p.config.num_hidden_layers;
+        let sparse = (0..layers).filter(|&l| p.config.is_moe_layer(l)).count();
+        out!(
+            "  sparse layers: {sparse} of {layers} (decoder_sparse_step {}, mlp_only_layers {:?}); the others keep the dense MLP",
+            o.sparse_step,
+            o.dense_layers
+        );
     }
     print_verdict(&p.exactness, "the MoE computes the dense model's function (up to routing-weight rounding)");
 }

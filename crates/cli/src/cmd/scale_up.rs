@@ -18,7 +18,7 @@ use escale_grow::scale_up::{
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Dense source model folder (llama, mistral or qwen2; config.json + safetensors).
+    /// Dense source model folder (llama, mistral, qwen2 or qwen3; config.json + safetensors).
     pub source: PathBuf,
     /// Output folder for the grown model (must not exist or be empty, unless --force; never the
     /// source, inside it or around it). Locked while written: a second writer is refused.

@@ -1,5 +1,5 @@
-//! Scale-Out: sparse upcycling of a dense llama / mistral / qwen2 model into a Mixture of Experts
-//! (Mixtral or Qwen2-MoE layout), as in AquilaMoE's second phase.
+//! Scale-Out: sparse upcycling of a dense llama / mistral / qwen2 / qwen3 model into a Mixture of
+//! Experts (Mixtral, Qwen2-MoE or Qwen3-MoE layout), as in AquilaMoE's second phase.
 //!
 //! The work is split in two, like every growth in this crate:
 //!
@@ -69,7 +69,8 @@ pub struct ScaleOutOptions {
     pub experts: usize,
     /// Experts used per token (`--top-k`).
     pub top_k: usize,
-    /// Output layout; `None` picks mixtral, or qwen2_moe when the source has QKV bias.
+    /// Output layout; `None` picks qwen3_moe for a qwen3 source, qwen2_moe for a source with QKV
+    /// bias, else mixtral.
     pub format: Option<MoeFormat>,
     pub router_init: RouterInit,
     /// Standard deviation of the normal router. 0.02 is the HF `initializer_range` / Megatron
@@ -86,8 +87,13 @@ pub struct ScaleOutOptions {
     pub noise: f64,
     /// Drop-Upcycling ratio `r`: per expert, `floor(r·I_e)` neurons re-initialised (0 = none).
     pub drop_ratio: f64,
-    /// Renormalise the top-k routing weights (qwen2_moe `norm_topk_prob`; mixtral always does).
+    /// Renormalise the top-k routing weights (qwen2_moe / qwen3_moe `norm_topk_prob`; mixtral always does).
     pub renormalize: bool,
+    /// qwen2_moe / qwen3_moe `decoder_sparse_step`: layer `l` becomes sparse when `(l + 1) % step == 0`
+    /// (1 = every layer); the other layers keep the dense MLP unchanged.
+    pub sparse_step: usize,
+    /// qwen2_moe / qwen3_moe `mlp_only_layers`: layers (0-based) that keep the dense MLP.
+    pub dense_layers: Vec<usize>,
     /// `router_aux_loss_coef` written into config.json.
     pub aux_loss_coef: f64,
     /// Output storage dtype; `None` keeps each source tensor's dtype.
@@ -111,6 +117,8 @@ impl Default for ScaleOutOptions {
             noise: 0.0,
             drop_ratio: 0.0,
             renormalize: true,
+            sparse_step: 1,
+            dense_layers: Vec::new(),
             aux_loss_coef: 0.001,
             dtype: None,
             threads: None,

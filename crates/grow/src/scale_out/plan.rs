@@ -84,17 +84,40 @@ fn check_source(src: &ModelConfig) -> Result<()> {
     if src.model_type.is_moe() || src.moe.is_some() {
         return Err(err(format!(
             "the source is already a Mixture of Experts (model_type {}); scale-out upcycles dense llama, \
-             mistral or qwen2 models",
+             mistral, qwen2 or qwen3 models",
             src.model_type
         )));
     }
-    if src.o_bias {
+    // qwen3's attention_bias covers o_proj too, and so does qwen3_moe's (the only format for it).
+    if src.o_bias && !src.model_type.has_qk_norm() {
         return Err(err(
             "the source has an o_proj bias (llama attention_bias=true); neither Mixtral nor Qwen2-MoE can carry it".into(),
         ));
     }
     if src.mlp_bias {
         return Err(err("the source has MLP biases (mlp_bias=true); neither Mixtral nor Qwen2-MoE experts can carry them".into()));
+    }
+    Ok(())
+}
+
+/// Checks the layer pattern: a step of at least 1, dense layers that exist, and one sparse layer.
+fn check_layer_pattern(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
+    let n = src.num_hidden_layers;
+    if o.sparse_step == 0 {
+        return Err(ScaleOutError::option("--sparse-step", "must be at least 1 (1 makes every layer sparse)"));
+    }
+    if let Some(&l) = o.dense_layers.iter().find(|&&l| l >= n) {
+        return Err(ScaleOutError::option(
+            "--dense-layers",
+            format!("layer {l} does not exist: the source has {n} layers (0..{})", n.saturating_sub(1)),
+        ));
+    }
+    let sparse = (0..n).filter(|&l| (l + 1) % o.sparse_step == 0 && !o.dense_layers.contains(&l)).count();
+    if sparse == 0 {
+        return Err(ScaleOutError::option(
+            if o.dense_layers.is_empty() { "--sparse-step" } else { "--dense-layers" },
+            format!("no layer of the {n} would be sparse (step {}, dense layers {:?})", o.sparse_step, o.dense_layers),
+        ));
     }
     Ok(())
 }
@@ -149,8 +172,8 @@ fn output_config(src: &ModelConfig, plan: &ScaleOutPlan) -> ModelConfig {
         shared_expert_intermediate_size: plan.shared_ffn,
         norm_topk_prob: plan.format.renormalizes(o),
         router_aux_loss_coef: o.aux_loss_coef,
-        decoder_sparse_step: 1,
-        mlp_only_layers: Vec::new(),
+        decoder_sparse_step: o.sparse_step,
+        mlp_only_layers: o.dense_layers.clone(),
     });
     plan.format.edit_config(&mut cfg, plan);
     if let Some(d) = o.dtype {
@@ -164,6 +187,7 @@ impl ScaleOutPlan {
     pub fn new(source: &ModelConfig, options: &ScaleOutOptions) -> Result<ScaleOutPlan> {
         check_source(source)?;
         check_sizes(source, options)?;
+        check_layer_pattern(source, options)?;
         check_finite("--router-std", options.router_std, None)?;
         check_finite("--noise", options.noise, None)?;
         check_finite("--drop-upcycling", options.drop_ratio, Some(1.0))?;

@@ -133,7 +133,13 @@ impl ScaleUpPlan {
 
         let mut exactness = exactness(source, dims, options, &hidden);
         if exactness.exact {
-            let weight_scales = [&scales.a, &scales.norm_scale, &scales.b, &scales.final_norm_scale].into_iter().flatten().copied();
+            // q/k rows of a qwen3 carry κ under zero-pad (spec §2.4); it rounds like the other scales.
+            let qk = source.model_type.has_qk_norm().then(|| scales.eps_scale.sqrt() as f32);
+            let weight_scales = [&scales.a, &scales.norm_scale, &scales.b, &scales.final_norm_scale]
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(qk);
             let consumer_scales = [&ffn.counts, &heads.counts].into_iter().flatten().map(|&c| 1.0 / c as f32);
             exactness.stored_dtype_rounding = stored_dtype_rounding(source.dtype, cfg.dtype, weight_scales.chain(consumer_scales));
         }
@@ -169,7 +175,7 @@ fn check_source(source: &ModelConfig) -> Result<(), ScaleUpError> {
             source.source(),
             format!(
                 "model_type `{}` is a Mixture of Experts; Scale-Up grows dense models only (llama, mistral, \
-                 qwen2). Grow the dense model first, then upcycle it with scale-out",
+                 qwen2, qwen3). Grow the dense model first, then upcycle it with scale-out",
                 source.model_type
             ),
         ));

@@ -125,6 +125,18 @@ impl ScaleUpPlan {
             .collect()
     }
 
+    /// Factor on the rows of q_proj and k_proj (and their biases): `κ = sqrt(eps_scale)` for a
+    /// family with per-head q/k norms, whose `ε` is the residual norms' `rms_norm_eps` and so
+    /// becomes `κ²ε` under zero-pad; scaling the head by `κ` makes the head norm see exactly its
+    /// source value again (spec §2.4). 1 otherwise.
+    pub fn qk_row_scale(&self) -> f32 {
+        if self.source.model_type.has_qk_norm() {
+            self.scales.eps_scale.sqrt() as f32
+        } else {
+            1.0
+        }
+    }
+
     fn vector_rule(&self, name: String, scale: &[f32]) -> TensorRule {
         TensorRule { sources: vec![name], rows: identity_rows(1), cols: self.hidden_cols(scale, false), noise: None, zero: false }
     }
@@ -145,8 +157,10 @@ impl Ctx<'_> {
             LayerParam::InputNorm | LayerParam::PostAttnNorm => (one_row(), plan.hidden_cols(&plan.scales.norm_scale, false)),
             LayerParam::Q => (self.head_rows(), self.reader_cols()),
             LayerParam::QBias => (one_row(), self.head_rows().into_iter().map(row_as_col).collect()),
-            LayerParam::K | LayerParam::V => (identity_rows(self.kv_width()), self.reader_cols()),
-            LayerParam::KBias | LayerParam::VBias => (one_row(), identity_cols(self.kv_width())),
+            LayerParam::K => (self.key_rows(), self.reader_cols()),
+            LayerParam::V => (identity_rows(self.kv_width()), self.reader_cols()),
+            LayerParam::KBias => (one_row(), self.key_rows().into_iter().map(row_as_col).collect()),
+            LayerParam::VBias => (one_row(), identity_cols(self.kv_width())),
             LayerParam::O => (self.writer_rows(), self.head_consumer_cols()),
             LayerParam::OBias | LayerParam::Mlp(_, MlpPart::DownBias) => {
                 (one_row(), self.writer_rows().into_iter().map(row_as_col).collect())
@@ -156,6 +170,10 @@ impl Ctx<'_> {
                 (one_row(), self.ffn_rows().into_iter().map(row_as_col).collect())
             }
             LayerParam::Mlp(_, MlpPart::Down) => (self.writer_rows(), self.ffn_consumer_cols()),
+            // qwen3: one `[head_dim]` weight shared by every query (key) head of the layer. Growth moves
+            // heads whole and keeps head_dim, so every output head, copy or original, is normalised
+            // over the same head_dim vector as its source head: the weight is copied as is (spec §2.4).
+            LayerParam::QNorm | LayerParam::KNorm => (one_row(), identity_cols(plan.source.head_dim)),
             LayerParam::Router | LayerParam::SharedExpertGate => {
                 unreachable!("MoE sources are rejected when the plan is made")
             }
@@ -185,16 +203,24 @@ impl Ctx<'_> {
         (0..g.len()).map(|j| RowSel { src_row: g[j], tensor: self.upper_if(all && j >= d), scale: a[j] }).collect()
     }
 
-    /// q_proj rows: dimension `i` of target head `t` is dimension `i` of source head `σ(t)`.
+    /// q_proj rows: dimension `i` of target head `t` is dimension `i` of source head `σ(t)`,
+    /// times the q/k-norm factor.
     fn head_rows(&self) -> Vec<RowSel> {
         let (h, sigma) = (self.plan.source.head_dim, &self.plan.heads.map);
         let (rep, rep_new) = self.reps();
+        let scale = self.plan.qk_row_scale();
         let mut rows = Vec::with_capacity(sigma.len() * h);
         for (t, &s) in sigma.iter().enumerate() {
             let tensor = self.upper_if(t % rep_new >= rep);
-            rows.extend((0..h).map(|i| RowSel { src_row: s * h + i, tensor, scale: 1.0 }));
+            rows.extend((0..h).map(|i| RowSel { src_row: s * h + i, tensor, scale }));
         }
         rows
+    }
+
+    /// k_proj rows: unchanged, times the q/k-norm factor.
+    fn key_rows(&self) -> Vec<RowSel> {
+        let scale = self.plan.qk_row_scale();
+        (0..self.kv_width()).map(|r| RowSel { src_row: r, tensor: 0, scale }).collect()
     }
 
     fn reps(&self) -> (usize, usize) {

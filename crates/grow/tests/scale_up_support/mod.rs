@@ -1,6 +1,7 @@
-//! Test support for Scale-Up: random tiny llama / mistral / qwen2 checkpoints, and an
+//! Test support for Scale-Up: random tiny llama / mistral / qwen2 / qwen3 checkpoints, and an
 //! independent f64 reference forward pass (HF LLaMA semantics: RMSNorm, rotate-half RoPE, GQA
-//! with `repeat_kv`, SwiGLU, optional biases), so exactness can be checked without Python.
+//! with `repeat_kv`, SwiGLU, optional biases; qwen3's per-head q/k RMSNorm before RoPE), so
+//! exactness can be checked without Python.
 
 #![allow(dead_code)]
 
@@ -40,6 +41,13 @@ pub fn tiny_config(model_type: &str, tied: bool, biases: bool) -> Value {
     if model_type == "mistral" {
         v["sliding_window"] = 4096.into();
     }
+    if model_type == "qwen3" {
+        // head_dim 6 != hidden/heads (16/4), q/k/v/o biases, and an eps large enough (against
+        // head activations of order 1) that the q/k norms' eps visibly matters under zero-pad.
+        v["head_dim"] = 6.into();
+        v["attention_bias"] = biases.into();
+        v["rms_norm_eps"] = 0.05.into();
+    }
     v
 }
 
@@ -54,7 +62,10 @@ pub fn make_tiny(dir: &Path, config: Value, seed: u64, dtype: DType) -> PathBuf 
         let n: usize = shape.iter().product();
         let (mean, std) = match p {
             Param::Embed => (0.0, 1.0),
-            Param::FinalNorm | Param::Layer(_, LayerParam::InputNorm | LayerParam::PostAttnNorm) => (1.0, 0.3),
+            Param::FinalNorm
+            | Param::Layer(_, LayerParam::InputNorm | LayerParam::PostAttnNorm | LayerParam::QNorm | LayerParam::KNorm) => {
+                (1.0, 0.3)
+            }
             _ if shape.len() == 1 => (0.0, 0.2),
             _ => (0.0, 1.0 / (shape[1] as f64).sqrt()),
         };
@@ -86,6 +97,9 @@ struct Layer {
     kb: Option<Vec<f64>>,
     vb: Option<Vec<f64>>,
     ob: Option<Vec<f64>>,
+    /// qwen3: per-head RMSNorm weights `[head_dim]` of queries and keys.
+    qn: Option<Vec<f64>>,
+    kn: Option<Vec<f64>>,
     gate: Vec<f64>,
     up: Vec<f64>,
     down: Vec<f64>,
@@ -120,6 +134,8 @@ impl Model {
                 kb: read_opt(&ck, lp(l, LayerParam::KBias), cfg.qkv_bias),
                 vb: read_opt(&ck, lp(l, LayerParam::VBias), cfg.qkv_bias),
                 ob: read_opt(&ck, lp(l, LayerParam::OBias), cfg.o_bias),
+                qn: read_opt(&ck, lp(l, LayerParam::QNorm), cfg.model_type.has_qk_norm()),
+                kn: read_opt(&ck, lp(l, LayerParam::KNorm), cfg.model_type.has_qk_norm()),
                 gate: read(&ck, mlp(l, MlpPart::Gate)),
                 up: read(&ck, mlp(l, MlpPart::Up)),
                 down: read(&ck, mlp(l, MlpPart::Down)),
@@ -171,8 +187,10 @@ impl Model {
         let mut vs = Vec::new();
         for (pos, xt) in x.iter().enumerate() {
             let n = rms_norm(xt, &layer.n1, c.rms_norm_eps);
-            qs.push(rope(matvec(&layer.q, &n, layer.qb.as_deref()), h, pos, c.rope_theta));
-            ks.push(rope(matvec(&layer.k, &n, layer.kb.as_deref()), h, pos, c.rope_theta));
+            let q = head_norm(matvec(&layer.q, &n, layer.qb.as_deref()), layer.qn.as_deref(), h, c.rms_norm_eps);
+            let k = head_norm(matvec(&layer.k, &n, layer.kb.as_deref()), layer.kn.as_deref(), h, c.rms_norm_eps);
+            qs.push(rope(q, h, pos, c.rope_theta));
+            ks.push(rope(k, h, pos, c.rope_theta));
             vs.push(matvec(&layer.v, &n, layer.vb.as_deref()));
         }
         for t in 0..x.len() {
@@ -202,6 +220,14 @@ fn rms_norm(x: &[f64], g: &[f64], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
     let r = 1.0 / (ms + eps).sqrt();
     x.iter().zip(g).map(|(v, g)| v * r * g).collect()
+}
+
+/// qwen3's q/k norm: every `h`-channel head RMS-normalised with the one weight (no-op when `None`).
+fn head_norm(v: Vec<f64>, weight: Option<&[f64]>, h: usize, eps: f64) -> Vec<f64> {
+    match weight {
+        Some(g) => v.chunks(h).flat_map(|head| rms_norm(head, g, eps)).collect(),
+        None => v,
+    }
 }
 
 /// `W[out, in] · x (+ b)`.

@@ -51,6 +51,18 @@ pub fn tiny_config(model_type: &str) -> ModelConfig {
             o.insert("shared_expert_intermediate_size".into(), json!(20));
             o.insert("norm_topk_prob".into(), json!(false));
         }
+        // head_dim 6 while hidden/heads is 4, with q/k/v/o biases.
+        "qwen3" => {
+            o.insert("head_dim".into(), json!(6));
+            o.insert("attention_bias".into(), json!(true));
+        }
+        "qwen3_moe" => {
+            o.insert("head_dim".into(), json!(6));
+            o.insert("num_experts".into(), json!(4));
+            o.insert("num_experts_per_tok".into(), json!(2));
+            o.insert("moe_intermediate_size".into(), json!(12));
+            o.insert("norm_topk_prob".into(), json!(false));
+        }
         _ => {}
     }
     ModelConfig::from_json(v, std::path::Path::new("tiny/config.json")).unwrap()

@@ -23,6 +23,22 @@ pub fn tiny_mixtral_config() -> Value {
            "max_position_embeddings": 64, "initializer_range": 0.1, "tie_word_embeddings": false})
 }
 
+/// qwen3 with head_dim 6 (hidden/heads is 4): per-head q/k norms, no biases.
+pub fn tiny_qwen3_config() -> Value {
+    json!({"model_type": "qwen3", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 6,
+           "max_position_embeddings": 64, "initializer_range": 0.1, "tie_word_embeddings": true})
+}
+
+/// qwen3_moe with layer 0 dense (`mlp_only_layers`) and unrenormalised top-2 routing.
+pub fn tiny_qwen3_moe_config() -> Value {
+    json!({"model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 6,
+           "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": false,
+           "mlp_only_layers": [0], "max_position_embeddings": 64, "initializer_range": 0.1,
+           "tie_word_embeddings": false})
+}
+
 /// Writes a randomly initialised model (seeded) to `dir` and returns the path.
 pub fn write_model(config: Value, dir: &Path, seed: u64) -> PathBuf {
     let cfg = ModelConfig::from_json(config, &dir.join("config.json")).unwrap();

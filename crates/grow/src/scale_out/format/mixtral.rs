@@ -1,6 +1,6 @@
 //! `MixtralForCausalLM` output: routed experts `block_sparse_moe.experts.N.w1/w2/w3`, router
 //! `block_sparse_moe.gate`, no shared expert, always-renormalised top-k routing, and no attention
-//! biases at all.
+//! biases at all; every layer is sparse.
 
 use escale_formats::{ModelConfig, ModelType};
 
@@ -29,6 +29,13 @@ pub(super) fn check(source: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
     }
     if o.shared_experts > 0 {
         return Err(ScaleOutError::option("--shared-experts", "Mixtral has no shared expert; use --format qwen2_moe"));
+    }
+    if o.sparse_step != 1 || !o.dense_layers.is_empty() {
+        let flag = if o.sparse_step != 1 { "--sparse-step" } else { "--dense-layers" };
+        return Err(ScaleOutError::option(
+            flag,
+            "Mixtral makes every layer sparse (no decoder_sparse_step or mlp_only_layers); use --format qwen2_moe or qwen3_moe",
+        ));
     }
     Ok(())
 }

@@ -5,11 +5,12 @@
 
 mod mixtral;
 mod qwen2_moe;
+mod qwen3_moe;
 
 use escale_formats::{ModelConfig, ModelType};
 
 use super::plan::{ScaleOutPlan, SharedExpert};
-use super::{Result, ScaleOutOptions};
+use super::{Result, ScaleOutError, ScaleOutOptions};
 
 /// Output layout of the MoE checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +24,10 @@ pub enum MoeFormat {
     /// has a shared expert, which escale either neutralises or fills (see [`SharedExpert`]).
     #[cfg_attr(feature = "clap", value(name = "qwen2_moe", alias = "qwen2-moe"))]
     Qwen2Moe,
+    /// `Qwen3MoeForCausalLM`: per-head q/k RMSNorm, no shared expert, optional renormalisation;
+    /// the default, and the only format, for a qwen3 source.
+    #[cfg_attr(feature = "clap", value(name = "qwen3_moe", alias = "qwen3-moe"))]
+    Qwen3Moe,
 }
 
 impl MoeFormat {
@@ -30,6 +35,7 @@ impl MoeFormat {
         match self {
             MoeFormat::Mixtral => mixtral::MODEL_TYPE,
             MoeFormat::Qwen2Moe => qwen2_moe::MODEL_TYPE,
+            MoeFormat::Qwen3Moe => qwen3_moe::MODEL_TYPE,
         }
     }
 
@@ -37,11 +43,12 @@ impl MoeFormat {
         self.model_type().as_str()
     }
 
-    /// `--format`, or when unset the format that can hold the source: qwen2_moe for a source
-    /// with QKV bias, else mixtral.
+    /// `--format`, or when unset the format that can hold the source: qwen3_moe for a qwen3
+    /// source (q/k norms), qwen2_moe for a source with QKV bias, else mixtral.
     pub fn resolve(source: &ModelConfig, options: &ScaleOutOptions) -> MoeFormat {
         match options.format {
             Some(f) => f,
+            None if source.model_type.has_qk_norm() => MoeFormat::Qwen3Moe,
             None if source.qkv_bias => MoeFormat::Qwen2Moe,
             None => MoeFormat::Mixtral,
         }
@@ -49,16 +56,27 @@ impl MoeFormat {
 
     /// Refuses a source or options this format cannot hold, saying why.
     pub fn check(self, source: &ModelConfig, options: &ScaleOutOptions) -> Result<()> {
+        if source.model_type.has_qk_norm() && !self.model_type().has_qk_norm() {
+            return Err(ScaleOutError::option(
+                "--format",
+                format!(
+                    "{self} has no per-head q/k RMSNorm, which the {} source applies on every layer (q_norm / k_norm); \
+                     dropping it would change the model; use --format qwen3_moe",
+                    source.model_type
+                ),
+            ));
+        }
         match self {
             MoeFormat::Mixtral => mixtral::check(source, options),
             MoeFormat::Qwen2Moe => qwen2_moe::check(options),
+            MoeFormat::Qwen3Moe => qwen3_moe::check(source, options),
         }
     }
 
     /// The shared expert of this format for checked `options`.
     pub fn shared_expert(self, options: &ScaleOutOptions) -> SharedExpert {
         match self {
-            MoeFormat::Mixtral => SharedExpert::Absent,
+            MoeFormat::Mixtral | MoeFormat::Qwen3Moe => SharedExpert::Absent,
             MoeFormat::Qwen2Moe => qwen2_moe::shared_expert(options),
         }
     }
@@ -67,7 +85,7 @@ impl MoeFormat {
     pub fn renormalizes(self, options: &ScaleOutOptions) -> bool {
         match self {
             MoeFormat::Mixtral => true,
-            MoeFormat::Qwen2Moe => options.renormalize,
+            MoeFormat::Qwen2Moe | MoeFormat::Qwen3Moe => options.renormalize,
         }
     }
 
@@ -76,6 +94,8 @@ impl MoeFormat {
         match self {
             MoeFormat::Mixtral => mixtral::edit_config(config, plan),
             MoeFormat::Qwen2Moe => qwen2_moe::edit_config(config),
+            // Attention biases, q/k norms and the dense intermediate_size carry over as they are.
+            MoeFormat::Qwen3Moe => {}
         }
     }
 
@@ -84,6 +104,7 @@ impl MoeFormat {
         match self {
             MoeFormat::Mixtral => Vec::new(),
             MoeFormat::Qwen2Moe => qwen2_moe::notes(source),
+            MoeFormat::Qwen3Moe => qwen3_moe::notes(source),
         }
     }
 }
