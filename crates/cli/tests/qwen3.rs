@@ -46,17 +46,18 @@ fn qwen3_tokenizer_drives_prepare_data_and_eval() {
     let text_path = tmp.path().join("mixed.txt");
     std::fs::write(&text_path, &text).unwrap();
 
-    // prepare-data: 151,669 ids need int32; every document ends with <|endoftext|> (151643).
+    // prepare-data: 151,669 ids need int32; every document ends with the eos_token of tokenizer_config.json,
+    // <|im_end|> (151645).
     let prefix = tmp.path().join("data/tokens");
     let out = ok(&escale(&["prepare-data", s(&text_path), "--tokenizer", s(&tok_dir), "--output", s(&prefix), "--json"]));
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["dtype"], "int32", "{summary}");
-    assert_eq!((summary["eos"]["token"].as_str(), summary["eos"]["id"].as_u64()), (Some("<|endoftext|>"), Some(151643)));
+    assert_eq!((summary["eos"]["token"].as_str(), summary["eos"]["id"].as_u64()), (Some("<|im_end|>"), Some(151645)), "eos_token of tokenizer_config.json");
     let data = IndexedDataset::open(&prefix).unwrap();
     let tok = TextTokenizer::from_file(&tok_dir).unwrap();
     let first_doc = text.split("\n\n").next().unwrap();
     let mut want = tok.encode(first_doc).unwrap();
-    want.push(151643);
+    want.push(151645);
     assert_eq!(data.document_u32(0).unwrap(), want, "first document");
     assert_eq!(data.num_tokens(), summary["tokens"].as_u64().unwrap());
     let last = data.document_u32(data.num_documents() - 1).unwrap();
