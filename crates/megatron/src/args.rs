@@ -64,7 +64,7 @@ pub fn check_supported(cfg: &ModelConfig) -> Result<()> {
         ));
     }
     let uses_window = match cfg.model_type {
-        ModelType::Qwen2 | ModelType::Qwen2Moe => cfg.raw().get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false),
+        ModelType::Qwen2 | ModelType::Qwen2Moe | ModelType::Qwen3 | ModelType::Qwen3Moe => cfg.raw().get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false),
         _ => true,
     };
     if let Some(w) = cfg.sliding_window.filter(|&w| uses_window && w > 0 && w < cfg.max_position_embeddings) {
@@ -123,7 +123,7 @@ pub fn model_description(cfg: &ModelConfig, dtype: DType) -> Result<Value> {
     put("gated_linear_unit", true.into());
     put("add_bias_linear", false.into());
     put("add_qkv_bias", cfg.qkv_bias.into());
-    put("qk_layernorm", false.into());
+    put("qk_layernorm", cfg.model_type.has_qk_norm().into());
     put("hidden_dropout", 0.0.into());
     put("attention_dropout", 0.0.into());
     // Fused kernels are CUDA / TransformerEngine only; the unfused paths are the same maths.
@@ -221,6 +221,9 @@ pub fn megatron_args(cfg: &ModelConfig, ckpt_dir: &str, tokenizer_dir: &str) -> 
     ]);
     if cfg.qkv_bias {
         a.push(flag(m, "add_qkv_bias"));
+    }
+    if cfg.model_type.has_qk_norm() {
+        a.push(flag(m, "qk_layernorm"));
     }
     if !cfg.tie_word_embeddings {
         a.push(flag(m, "untie_embeddings_and_output_weights"));

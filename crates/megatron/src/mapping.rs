@@ -89,9 +89,12 @@ fn layer(out: &mut Vec<McoreTensor>, cfg: &ModelConfig, l: usize) {
             blocks: qkv_blocks(cfg, lp(LayerParam::QBias), lp(LayerParam::KBias), lp(LayerParam::VBias)),
         });
     }
-    // TODO(qwen3): qk_layernorm is two more copies here, once escale-formats names the per-head
-    // norms (LayerParam::QNorm / KNorm, `[head_dim]`): `self_attention.q_layernorm.weight` and
-    // `self_attention.k_layernorm.weight`; `model_args` then sets `qk_layernorm: true`.
+    if cfg.model_type.has_qk_norm() {
+        // qwen3's per-head RMSNorm of queries and keys (`[head_dim]`, before RoPE) is mcore's
+        // `qk_layernorm` (`model_description` switches it on).
+        out.push(McoreTensor { name: name("self_attention.q_layernorm.weight"), shape: vec![d], blocks: vec![whole(lp(LayerParam::QNorm), d)] });
+        out.push(McoreTensor { name: name("self_attention.k_layernorm.weight"), shape: vec![d], blocks: vec![whole(lp(LayerParam::KNorm), d)] });
+    }
     out.push(McoreTensor {
         name: name("self_attention.linear_proj.weight"),
         shape: vec![h, cfg.num_attention_heads * d],

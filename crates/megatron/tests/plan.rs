@@ -28,7 +28,12 @@ fn config(extra: Value) -> ModelConfig {
 
 #[test]
 fn every_hf_row_is_placed_exactly_once() {
-    for cfg in [config(json!({})), config(json!({"model_type": "llama", "tie_word_embeddings": true})), config(json!({"model_type": "mixtral", "num_local_experts": 4}))] {
+    for cfg in [
+        config(json!({})),
+        config(json!({"model_type": "llama", "tie_word_embeddings": true})),
+        config(json!({"model_type": "mixtral", "num_local_experts": 4})),
+        config(json!({"model_type": "qwen3", "head_dim": 16})),
+        config(json!({"model_type": "qwen3_moe", "head_dim": 16, "norm_topk_prob": true}))] {
         let tensors = plan(&cfg);
         let mut rows: BTreeMap<Param, Vec<u32>> = expected_params(&cfg).into_iter().map(|(p, s)| (p, vec![0; s[0]])).collect();
         for t in &tensors {
@@ -71,6 +76,11 @@ fn router_convention_layers_and_arguments() {
     assert_eq!(d["params_dtype"], json!("bfloat16"));
     let renorm = config(json!({"norm_topk_prob": true}));
     assert_eq!(model_description(&renorm, DType::F32).unwrap()["transformer_config"]["moe_router_pre_softmax"], json!(false));
+    // qwen3's per-head q/k norms are mcore's qk_layernorm; no other family has them.
+    assert_eq!(model_description(&cfg, DType::F32).unwrap()["transformer_config"]["qk_layernorm"], json!(false));
+    let qwen3 = config(json!({"model_type": "qwen3_moe", "head_dim": 16, "norm_topk_prob": true}));
+    assert_eq!(model_description(&qwen3, DType::F32).unwrap()["transformer_config"]["qk_layernorm"], json!(true));
+    assert!(render_shell(&megatron_args(&qwen3, "/c", "/c/hf").unwrap(), "t").contains("--qk-layernorm\n"));
 
     let args = megatron_args(&cfg, "/ckpt", "/ckpt/hf").unwrap();
     let sh = render_shell(&args, "test");

@@ -28,11 +28,27 @@ fn grown(oracle: &Oracle, family: Family, tied: bool, dir: &Path) -> PathBuf {
     let dense_family = match family {
         Family::Mixtral => Family::Mistral,
         Family::Qwen2Moe => Family::Qwen2,
+        Family::Qwen3Moe => Family::Qwen3,
         f => f,
     };
     let src = oracle.make_tiny(&TinySpec { tied, seed: 5, ..TinySpec::new(dense_family) });
     let out = dir.join(format!("grown-{}", family.as_str()));
     match family {
+        Family::Qwen3Moe => {
+            // qwen3_moe: q/k norms carried into every layer, granular experts, no shared expert,
+            // renormalised top-k (mcore's default router).
+            let o = ScaleOutOptions {
+                experts: 4,
+                top_k: 2,
+                format: Some(MoeFormat::Qwen3Moe),
+                granularity: 2,
+                noise: 0.02,
+                router_std: 1.0,
+                seed: 3,
+                ..ScaleOutOptions::default()
+            };
+            upcycle(&src, &out, &o, &WriterOptions::default(), &|_, _| {}).unwrap();
+        }
         Family::Mixtral | Family::Qwen2Moe => {
             let qwen = family == Family::Qwen2Moe;
             let o = ScaleOutOptions {
@@ -143,4 +159,18 @@ fn qwen2_moe_upcycled_round_trips_through_megatron_core() {
     let bridge = require_megatron!();
     let oracle = require_oracle!();
     check_family(&oracle, &bridge, Family::Qwen2Moe, false);
+}
+
+#[test]
+fn qwen3_scaled_up_round_trips_through_megatron_core() {
+    let bridge = require_megatron!();
+    let oracle = require_oracle!();
+    check_family(&oracle, &bridge, Family::Qwen3, false);
+}
+
+#[test]
+fn qwen3_moe_upcycled_round_trips_through_megatron_core() {
+    let bridge = require_megatron!();
+    let oracle = require_oracle!();
+    check_family(&oracle, &bridge, Family::Qwen3Moe, false);
 }
