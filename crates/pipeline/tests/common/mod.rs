@@ -48,7 +48,15 @@ impl Engine for FakeEngine {
         Ok(vec![dir.join("a.txt")])
     }
     fn train_tokenizer(&self, _inputs: &[PathBuf], _vocab_size: usize, out: &Path) -> Result<()> {
-        std::fs::write(out, r#"{"model": {"vocab": {"a": 0, "b": 63}}}"#)?;
+        // A real (word-level) tokenizer of 64 tokens: the pipeline reads its vocabulary size
+        // through the tokenizers crate.
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..64).map(|i| (format!("t{i}"), i.into())).collect();
+        let tokenizer = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+        });
+        std::fs::write(out, tokenizer.to_string())?;
         Ok(())
     }
     fn prepare_data(
