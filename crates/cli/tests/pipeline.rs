@@ -84,7 +84,7 @@ fn quick_demo_writes_the_report_with_one_series_per_stage() {
     for g in groups {
         let points = g["points"].as_array().unwrap();
         let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
-        assert_eq!(lrs, [0.0003, 0.001, 0.003], "{}", g["stage"]);
+        assert_eq!(lrs, [0.001, 0.003, 0.01], "{}", g["stage"]);
         let means: Vec<f64> = points
             .iter()
             .map(|p| {
