@@ -173,6 +173,10 @@ def table(case, c):
                          f"{sm['ratio_median']:.2f}x ({sm['ratio_min']:.2f}-{sm['ratio_max']:.2f}) | {mfu} | "
                          f"{fmt_rss({'peak_rss_kib': sm['escale_peak_rss_kib']})} / "
                          f"{fmt_rss({'peak_rss_kib': sm['pytorch_peak_rss_kib']})} | {verdicts} |")
+        base = next((c["summary"].get("pytorch_rss_after_import_kib") for c in raw["configs"].values()), None)
+        if base:
+            lines += ["", f"Peak RSS is each whole process's; PyTorch's holds {fmt_rss({'peak_rss_kib': base})} after "
+                          "`import torch` alone, before any model exists."]
     else:
         vs = c["variants"]
         ref_col = {"scale_out": "vs escale", "scale_up": "vs escale", "depth_up": "vs escale", "data": "throughput vs Python",

@@ -33,13 +33,13 @@ STANDARD = {"hidden": 256, "layers": 6, "heads": 8, "kv-heads": 4, "ffn": 704, "
             "batch": 8, "experts": 0, "top-k": 2, "tied": 0}
 CONFIGS = {
     "standard": {"title": "standard (d=256, 6 layers, 8/4 heads, FFN 704, vocab 4096, seq 256, batch 8)",
-                 "shape": STANDARD, "warmup": 2, "steps": 8, "targets": [1.0, 1.3]},
+                 "shape": STANDARD, "warmup": 2, "steps": 10, "targets": [1.0, 1.3]},
     "moe": {"title": "MoE form of the standard config (8 experts, top-2)",
-            "shape": {**STANDARD, "experts": 8}, "warmup": 2, "steps": 8, "targets": [1.0]},
+            "shape": {**STANDARD, "experts": 8}, "warmup": 2, "steps": 10, "targets": [1.0]},
     "135m": {"title": "135M class (d=576, 30 layers, 9/3 heads, FFN 1536, vocab 49152, tied, seq 256, micro-batch 4)",
              "shape": {"hidden": 576, "layers": 30, "heads": 9, "kv-heads": 3, "ffn": 1536, "vocab": 49152,
                        "seq-len": 256, "batch": 4, "experts": 0, "top-k": 2, "tied": 1},
-             "warmup": 1, "steps": 4, "targets": [1.0]},
+             "warmup": 1, "steps": 5, "targets": [1.0]},
 }
 # --smoke: the same three kinds at toy sizes, one pair, so the plumbing can be checked in seconds.
 SMOKE_SHAPE = {"hidden": 64, "layers": 2, "heads": 4, "kv-heads": 2, "ffn": 128, "vocab": 512, "seq-len": 32,
@@ -139,7 +139,8 @@ def summarize(cfg, pairs, peak_gflops):
          "escale_tokens_per_s": statistics.median(e_tps), "pytorch_tokens_per_s": statistics.median(t_tps),
          "escale_peak_rss_kib": int(statistics.median(e_rss)), "pytorch_peak_rss_kib": int(statistics.median(t_rss)),
          "escale_peak_rss_kib_max": max(e_rss), "pytorch_peak_rss_kib_max": max(t_rss),
-         "flops_per_token": flops_per_token}
+         "flops_per_token": flops_per_token,
+         "pytorch_rss_after_import_kib": pairs[0]["pytorch"].get("rss_after_import_kib")}
     s["memory_ratio"] = s["escale_peak_rss_kib"] / s["pytorch_peak_rss_kib"] if s["pytorch_peak_rss_kib"] else None
     s["escale_mfu"] = mfu(s["escale_tokens_per_s"])
     s["pytorch_mfu"] = mfu(s["pytorch_tokens_per_s"])
@@ -187,6 +188,10 @@ def markdown(result):
                      f"{s['pytorch_tokens_per_s']:,.0f} | **{s['ratio_median']:.2f}x** ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}) | "
                      f"{pct(s['escale_mfu'])} | {pct(s['pytorch_mfu'])} | {mib(s['escale_peak_rss_kib'])} | "
                      f"{mib(s['pytorch_peak_rss_kib'])} | {v} |")
+    base = next((c["summary"].get("pytorch_rss_after_import_kib") for c in result["configs"].values()), None)
+    if base:
+        lines += ["", f"Peak RSS is each whole process's. PyTorch's process holds {mib(base)} after `import torch` "
+                      "alone (its libraries), before any model exists; that is part of its figure."]
     return "\n".join(lines) + "\n"
 
 

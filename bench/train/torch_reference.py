@@ -19,12 +19,17 @@ Usage: python torch_reference.py [--attn manual|sdpa] [--steps N] [--warmup N] [
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# Peak RSS (KiB) of this process after `import torch` alone, before any model exists: the runtime's own share
+# of the process's peak RSS, reported next to it.
+RSS_AFTER_IMPORT_KIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class Cfg:
@@ -233,6 +238,7 @@ def main():
         "tokens_per_s": tokens / med,
         "params": sum(p.numel() for p in model.parameters()),
         "final_loss": loss.item(),
+        "rss_after_import_kib": RSS_AFTER_IMPORT_KIB,
     }))
 
 

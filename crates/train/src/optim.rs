@@ -139,7 +139,7 @@ impl AdamW {
         let AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay: wd } = self.cfg;
         let bias1 = 1.0 - b1.powi(self.step as i32);
         Ok(StepScalars {
-            decay: (wd != 0.0).then(|| 1.0 - lr * wd),
+            decay: (wd != 0.0).then_some(1.0 - lr * wd),
             one_minus_b1: 1.0 - b1,
             b2,
             one_minus_b2: 1.0 - b2,
