@@ -196,7 +196,9 @@ EOF
 
 # ---------------------------------------------------------------------------------------------------------------
 # escale binary.
-if [ -z "$ESCALE" ]; then
+if [ -z "$ESCALE" ] && [ "$CASES" = "train" ]; then
+  ESCALE=/bin/true  # the training case builds and runs its own binary (bench/train/run.sh)
+elif [ -z "$ESCALE" ]; then
   log "building escale (release)"
   (cd "$ROOT" && cargo build --release -p escale) >&2 || { echo "bench: cargo build failed" >&2; exit 1; }
   # A private copy: other people's builds may replace target/release/escale during the run.
@@ -405,6 +407,8 @@ case_train() {
   [ -n "$TRAIN_CONFIGS" ] && extra+=(--configs "$TRAIN_CONFIGS")
   [ "$FORCE" = 1 ] && extra+=(--force)
   [ "$RECORD" = 1 ] && extra+=(--record)
+  # BENCH_TRAIN_ARGS: extra options for bench/train/bench.py (development, e.g. "--smoke" or "--steps 2").
+  [ -n "${BENCH_TRAIN_ARGS:-}" ] && read -r -a more <<< "$BENCH_TRAIN_ARGS" && extra+=("${more[@]}")
   log "train: bash bench/train/run.sh ${extra[*]}"
   if PYTHON="$ORACLE_PY" bash "$entry" "${extra[@]}" > "$LOGS/train.log" 2>&1; then
     cp "$OUT/train/train-results.json" "$OUT/train-results.json"
