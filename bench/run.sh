@@ -22,13 +22,21 @@ KEEP=0
 DROP_CACHES=0
 TIMEOUT_S=1800
 TEXT_MB=100
+PAIRS=3
+TRAIN_CONFIGS=""
+FORCE=0
+RECORD=0
 ALL_CASES="disk scale_out scale_up depth_up train data"
 ARGV="$*"
 
 usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 Options:
   --runs N          runs per escale/floor measurement (default 3; medians, min, max)
-  --ref-runs N      runs per slow reference (mergekit, PyTorch training; default 1)
+  --ref-runs N      runs per slow reference (mergekit; default 1)
+  --pairs N         train: interleaved escale/PyTorch pairs per config (default 3)
+  --train-configs L train: comma-separated configs (standard, moe, 135m; default all three)
+  --force           train: write verdicts even when the machine was busy at the start
+  --record          train: also keep the raw JSON in bench/results/ (to commit)
   --only LIST       comma-separated cases to run
   --with-mergekit   install mergekit 0.1.5 into ~/.cache/escale/mergekit-venv (if needed) and run its rows
   --smoke           tiny models, one run, no mergekit, no PyTorch, no Python tokenizers: for the test suite
@@ -51,6 +59,10 @@ while [ $# -gt 0 ]; do
     --escale) ESCALE="$2"; shift 2 ;;
     --drop-caches) DROP_CACHES=1; shift ;;
     --text-mb) TEXT_MB="$2"; shift 2 ;;
+    --pairs) PAIRS="$2"; shift 2 ;;
+    --train-configs) TRAIN_CONFIGS="$2"; shift 2 ;;
+    --force) FORCE=1; shift ;;
+    --record) RECORD=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -184,7 +196,9 @@ EOF
 
 # ---------------------------------------------------------------------------------------------------------------
 # escale binary.
-if [ -z "$ESCALE" ]; then
+if [ -z "$ESCALE" ] && [ "$CASES" = "train" ]; then
+  ESCALE=/bin/true  # the training case builds and runs its own binary (bench/train/run.sh)
+elif [ -z "$ESCALE" ]; then
   log "building escale (release)"
   (cd "$ROOT" && cargo build --release -p escale) >&2 || { echo "bench: cargo build failed" >&2; exit 1; }
   # A private copy: other people's builds may replace target/release/escale during the run.
@@ -380,55 +394,28 @@ case_data() {
 
 case_train() {
   # The training measurement lives in bench/train/ (owned by the trainer): bench/train/run.sh builds its
-  # bench_train example, runs escale's training loop and the PyTorch eager reference (torch_reference.py) one
-  # after the other, and prints a JSON line {escale_tokens_per_s, pytorch_tokens_per_s, ratio, escale_mfu,
-  # pytorch_mfu}. Each invocation measures both sides; it runs --ref-runs times (PyTorch is slow here).
-  local entry="$ROOT/bench/train/run.sh" ref="$ROOT/bench/train/torch_reference.py" r
+  # bench_train example (escale's real training loop) and runs it against the PyTorch eager reference
+  # (torch_reference.py) interleaved, --pairs pairs per config (standard, MoE, 135M class), measuring tokens/s,
+  # peak RSS and MFU against a matmul peak it measures itself. It writes OUT/train/train-results.json (every run)
+  # and OUT/train/train-table.md, and gives no verdicts when the machine was busy at the start unless --force.
+  local entry="$ROOT/bench/train/run.sh"
   if [ "$SMOKE" = 1 ]; then skip train escale "needs PyTorch and a release build; not run in smoke mode"; return; fi
   if [ ! -x "$ORACLE_PY" ] || ! "$ORACLE_PY" -c "import torch" 2>/dev/null; then
     skip train escale "PyTorch (oracle venv) unavailable: run tests/oracle/setup.sh"; return
   fi
-  # MFU is against the f32 matmul peak measured now, in the same run (PyTorch, 2048^3, best of 5).
-  local peak
-  peak=$("$ORACLE_PY" -c "
-import time, torch
-a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-a @ b
-best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
-print(round(2 * 2048 ** 3 / best / 1e9, 1))" 2>/dev/null)
-  echo "$peak" > "$LOGS/train-peak-gflops.txt"
-  if [ -f "$entry" ]; then
-    for r in $(seq 1 "$REF_RUNS"); do
-      measure train harness "$r" "" -- env PEAK_GFLOPS="${peak:-160}" bash "$entry"
-    done
+  local extra=(--pairs "$PAIRS" --out "$OUT/train")
+  [ -n "$TRAIN_CONFIGS" ] && extra+=(--configs "$TRAIN_CONFIGS")
+  [ "$FORCE" = 1 ] && extra+=(--force)
+  [ "$RECORD" = 1 ] && extra+=(--record)
+  # BENCH_TRAIN_ARGS: extra options for bench/train/bench.py (development, e.g. "--smoke" or "--steps 2").
+  [ -n "${BENCH_TRAIN_ARGS:-}" ] && read -r -a more <<< "$BENCH_TRAIN_ARGS" && extra+=("${more[@]}")
+  log "train: bash bench/train/run.sh ${extra[*]}"
+  if PYTHON="$ORACLE_PY" bash "$entry" "${extra[@]}" > "$LOGS/train.log" 2>&1; then
+    cp "$OUT/train/train-results.json" "$OUT/train-results.json"
+    record train harness 1 ok 0 0 0 ""
   else
-    skip train escale "bench/train/run.sh (escale side of the training benchmark) has not landed"
-    [ -f "$ref" ] && for r in $(seq 1 "$REF_RUNS"); do measure train pytorch_reference "$r" "" -- "$ORACLE_PY" "$ref"; done
+    record train harness 1 error 0 0 0 "bench/train/run.sh failed: $(tail -n 3 "$LOGS/train.log" | tr '\n' ' ' | cut -c1-400)"
   fi
-  "$PY" - "$LOGS" "$OUT/train-results.json" "${peak:-160}" <<'EOF'
-import glob, json, sys
-logs, out, peak = sys.argv[1], sys.argv[2], float(sys.argv[3])
-res = {"escale": {"tokens_per_s": [], "mfu": []}, "pytorch": {"tokens_per_s": [], "mfu": []}, "peak_gflops": peak}
-for f in sorted(glob.glob(logs + "/train.harness.*.log")):
-    for line in open(f):
-        if line.startswith("{") and "escale_tokens_per_s" in line:
-            d = json.loads(line)
-            res["escale"]["tokens_per_s"].append(d["escale_tokens_per_s"])
-            res["escale"]["mfu"].append(d["escale_mfu"])
-            res["pytorch"]["tokens_per_s"].append(d["pytorch_tokens_per_s"])
-            res["pytorch"]["mfu"].append(d["pytorch_mfu"])
-for f in sorted(glob.glob(logs + "/train.pytorch_reference.*.log")):
-    for line in open(f):
-        if line.startswith("{") and "tokens_per_s" in line:
-            res["pytorch"]["tokens_per_s"].append(json.loads(line)["tokens_per_s"])
-for side in ("escale", "pytorch"):
-    if not res[side]["mfu"]:
-        del res[side]["mfu"]
-    if not res[side]["tokens_per_s"]:
-        del res[side]
-if "escale" in res or "pytorch" in res:
-    json.dump(res, open(out, "w"))
-EOF
 }
 
 log "cases: $CASES (runs $RUNS, reference runs $REF_RUNS, smoke $SMOKE); peak RSS via $RSS_METHOD"

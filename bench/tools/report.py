@@ -14,7 +14,7 @@ CASE_TITLES = {
     "scale_out": "Scale-out: 1.1B llama -> 8 experts top-2 (mixtral)",
     "scale_up": "Scale-up: 1.1B -> hidden 2560, FFN 7040, 40 heads, 28 layers (aki-pro)",
     "depth_up": "Scale-up depth only: 22 -> 34 layers",
-    "train": "Training throughput (d=256, 6 layers, seq 256, batch 8, f32, AdamW)",
+    "train": "Training throughput and memory: escale vs PyTorch eager (f32, AdamW, three configs)",
     "data": "Data: tokenization with the Qwen3 tokenizer",
 }
 
@@ -95,40 +95,18 @@ def growth(case, vs, floor_target, rss_target):
 
 
 def train_summary(train_json):
-    """bench/train/run.sh writes results.json: {"escale": {...}, "pytorch": {...}, "peak_gflops": x} where each side
-    has "tokens_per_s" (list, one per run, or a number), optional "mfu" (list or number, fraction of peak),
-    optional "peak_rss_kib"."""
+    """bench/train/bench.py's train-results.json: per config the interleaved pairs, a summary (median ratio with
+    min-max, each side's median tokens/s, peak RSS and MFU) and verdicts (none when the machine was busy)."""
     if not train_json or not os.path.exists(train_json):
         return None
     with open(train_json) as f:
         raw = json.load(f)
-
-    def side(d):
-        if not isinstance(d, dict):
-            return None
-        tps = d.get("tokens_per_s")
-        tps = tps if isinstance(tps, list) else [tps] if tps is not None else []
-        tps = [float(x) for x in tps if x is not None]
-        s = {"tokens_per_s_runs": tps}
-        if tps:
-            s["tokens_per_s"] = {"median": statistics.median(tps), "min": min(tps), "max": max(tps)}
-        mfu = d.get("mfu")
-        if mfu is not None:
-            mfu = mfu if isinstance(mfu, list) else [mfu]
-            s["mfu"] = statistics.median([float(x) for x in mfu])
-        if d.get("peak_rss_kib") is not None:
-            s["peak_rss_kib"] = int(d["peak_rss_kib"])
-        return s
-
-    out = {"raw": raw, "escale": side(raw.get("escale")), "pytorch": side(raw.get("pytorch")),
-           "peak_gflops": raw.get("peak_gflops"), "targets": []}
-    e, p = out["escale"], out["pytorch"]
-    ratio = None
-    if e and p and "tokens_per_s" in e and "tokens_per_s" in p and p["tokens_per_s"]["median"] > 0:
-        ratio = e["tokens_per_s"]["median"] / p["tokens_per_s"]["median"]
-    out["ratio_to_pytorch"] = ratio
-    out["targets"].append(target("tokens/s vs PyTorch eager", ratio, ">=", 0.6, "x"))
-    return out
+    targets = []
+    for name, c in raw.get("configs", {}).items():
+        for v in c.get("verdicts", []):
+            targets.append({"name": f"{name}: {v['what']}", "value": v["value"], "target": v["what"], "met": v["met"],
+                            "text": v["verdict"]})
+    return {"raw": raw, "targets": targets}
 
 
 def fmt_s(s):
@@ -150,6 +128,8 @@ def fmt_gb(n):
 
 
 def verdict(t):
+    if "text" in t:  # bench/train's verdicts come worded (or withheld on a busy machine)
+        return f"{t['name']} = {t['value']:.2f}: {t['text']}"
     if t["met"] is None:
         return f"{t['name']} {t['target']}: not measured"
     v = t["value"]
@@ -176,19 +156,27 @@ def table(case, c):
         if not t:
             lines.append(f"Not measured: {c.get('note', 'no results')}")
             return lines
-        lines += ["| implementation | tokens/s median (min-max) | MFU | peak RSS | ratio to PyTorch |", "|---|---|---|---|---|"]
-        for name in ("escale", "pytorch"):
-            s = t.get(name)
-            if not s or "tokens_per_s" in s and not s["tokens_per_s"]:
-                lines.append(f"| {name} | not measured | | | |")
-                continue
-            tp = s.get("tokens_per_s")
-            tps = f"{tp['median']:,.0f} ({tp['min']:,.0f}-{tp['max']:,.0f})" if tp else "-"
-            mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-"
-            ratio = "1.00" if name == "pytorch" else (f"{t['ratio_to_pytorch']:.2f}" if t.get("ratio_to_pytorch") else "-")
-            lines.append(f"| {name} | {tps} | {mfu} | {fmt_rss(s)} | {ratio} |")
-        if t.get("peak_gflops"):
-            lines += ["", f"MFU against the measured f32 matmul peak of {t['peak_gflops']:.0f} GFLOP/s."]
+        raw = t["raw"]
+        m = raw["machine"]
+        if raw.get("busy_note"):
+            lines += [f"**No verdicts: {raw['busy_note']}.**", ""]
+        lines += [f"{raw['pairs']} interleaved pairs per config, {raw['threads']} threads a side; load average "
+                  f"{m['loadavg_start']} at the start, {m['loadavg_end']} at the end; MFU against the f32 matmul peak "
+                  f"measured in the same run, {raw['peak_gflops']:.0f} GFLOP/s.", "",
+                  "| config | escale tokens/s | PyTorch tokens/s | ratio, median (min-max) | escale / PyTorch MFU | "
+                  "escale / PyTorch peak RSS | verdicts |", "|---|---|---|---|---|---|---|"]
+        for name, cfg in raw["configs"].items():
+            sm = cfg["summary"]
+            mfu = "-" if sm.get("escale_mfu") is None else f"{100 * sm['escale_mfu']:.1f}% / {100 * sm['pytorch_mfu']:.1f}%"
+            verdicts = "; ".join(v["verdict"] for v in cfg["verdicts"]) if not raw.get("busy_note") else "none (busy)"
+            lines.append(f"| {cfg['title']} | {sm['escale_tokens_per_s']:,.0f} | {sm['pytorch_tokens_per_s']:,.0f} | "
+                         f"{sm['ratio_median']:.2f}x ({sm['ratio_min']:.2f}-{sm['ratio_max']:.2f}) | {mfu} | "
+                         f"{fmt_rss({'peak_rss_kib': sm['escale_peak_rss_kib']})} / "
+                         f"{fmt_rss({'peak_rss_kib': sm['pytorch_peak_rss_kib']})} | {verdicts} |")
+        base = next((c["summary"].get("pytorch_rss_after_import_kib") for c in raw["configs"].values()), None)
+        if base:
+            lines += ["", f"Peak RSS is each whole process's; PyTorch's holds {fmt_rss({'peak_rss_kib': base})} after "
+                          "`import torch` alone, before any model exists."]
     else:
         vs = c["variants"]
         ref_col = {"scale_out": "vs escale", "scale_up": "vs escale", "depth_up": "vs escale", "data": "throughput vs Python",
@@ -271,11 +259,6 @@ def main():
             if t:
                 c["train"] = t
                 c["targets"] = t["targets"]
-                for side in ("escale", "pytorch"):
-                    s = t.get(side)
-                    if s and s.get("tokens_per_s"):
-                        vs.setdefault(side, {"status": "ok", "ok_runs": len(s["tokens_per_s_runs"])})
-                        vs[side].update({"tokens_per_s": s["tokens_per_s"], "mfu": s.get("mfu")})
             else:
                 c["note"] = "; ".join(v.get("note", "") for v in vs.values() if v.get("note")) or "not measured"
         statuses = [v["status"] for v in vs.values()]

@@ -4,7 +4,10 @@
 //!
 //! `cargo run --release -p escale-train --example bench_train -- [--steps N] [--warmup N]
 //!  [--hidden 256] [--layers 6] [--heads 8] [--kv-heads 4] [--ffn 704] [--vocab 4096]
-//!  [--seq-len 256] [--batch 8] [--experts E --top-k K] [--peak-gflops 160]`
+//!  [--seq-len 256] [--batch 8] [--experts E --top-k K] [--tied 0|1] [--threads N] [--peak-gflops 160]`
+//!
+//! `tokens_per_s` is the median over the measured steps of the trainer's own per-step figure
+//! (`StepRecord::tokens_per_s`: the whole step, sampling to logging, as `escale train` runs it).
 
 use std::collections::HashMap;
 
@@ -20,7 +23,7 @@ fn main() {
     let mut opt: HashMap<String, f64> = [
         ("steps", 10.0), ("warmup", 2.0), ("hidden", 256.0), ("layers", 6.0), ("heads", 8.0), ("kv-heads", 4.0),
         ("ffn", 704.0), ("vocab", 4096.0), ("seq-len", 256.0), ("batch", 8.0), ("experts", 0.0), ("top-k", 2.0),
-        ("peak-gflops", 160.0),
+        ("tied", 0.0), ("threads", 0.0), ("peak-gflops", 160.0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -31,10 +34,12 @@ fn main() {
         opt.insert(key, pair.get(1).expect("option value").parse().expect("numeric option"));
     }
     let o = |k: &str| opt[k] as usize;
+    // Before any tensor work: the model's random init below would otherwise start rayon's pool first.
+    escale_model::set_threads((o("threads") > 0).then(|| o("threads")));
     let mut config = json!({"model_type": "llama", "vocab_size": o("vocab"), "hidden_size": o("hidden"),
         "intermediate_size": o("ffn"), "num_hidden_layers": o("layers"), "num_attention_heads": o("heads"),
         "num_key_value_heads": o("kv-heads"), "max_position_embeddings": o("seq-len"), "initializer_range": 0.02,
-        "tie_word_embeddings": false});
+        "tie_word_embeddings": o("tied") != 0});
     if o("experts") > 0 {
         config["model_type"] = json!("mixtral");
         config["num_local_experts"] = json!(o("experts"));
@@ -68,6 +73,7 @@ fn main() {
         micro_batch: o("batch"),
         steps: Some((o("steps") + o("warmup")) as u64),
         lr: 3e-4,
+        threads: (o("threads") > 0).then(|| o("threads")),
         ..TrainConfig::default()
     };
     let mut rates = Vec::new();
@@ -89,6 +95,7 @@ fn main() {
         json!({
             "impl": "escale (candle)",
             "threads": candle_core::utils::get_num_threads(),
+            "steps": measured.len(),
             "tokens_per_s": median,
             "median_step_s": tokens_per_step / median,
             "model_gflops_per_s": achieved_gflops,

@@ -23,7 +23,7 @@ use crate::config::{ResumeMode, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::flops::training_flops_per_token;
 use crate::moe_loss::moe_losses;
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_scale, global_grad_norm, AdamW};
 use crate::select::select_trainable;
 
 pub const TRAIN_LOG: &str = "train_log.jsonl";
@@ -179,8 +179,10 @@ pub fn train_until(cfg: &TrainConfig, stop: &AtomicBool, on_event: &mut dyn FnMu
         }
         let micro = cfg.grad_accum as f64;
         let loss = loss_sum / micro;
-        let mut grads = fill_missing(grads, &s.trainable)?;
-        let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
+        let grads = fill_missing(grads, &s.trainable)?;
+        // One parallel pass for the norm, which is also the non-finite check (NaN/inf propagate);
+        // the clipping factor is applied inside the AdamW pass rather than as a pass of its own.
+        let grad_norm = global_grad_norm(&grads)?;
 
         // A non-finite loss or gradient skips the update (data and schedule still advance).
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
@@ -191,7 +193,7 @@ pub fn train_until(cfg: &TrainConfig, stop: &AtomicBool, on_event: &mut dyn FnMu
             on_event(TrainEvent::Warning(&msg));
         } else {
             s.state.nonfinite_in_row = 0;
-            s.opt.step(&grads, lr)?;
+            s.opt.step_scaled(&grads, lr, clip_scale(grad_norm, cfg.clip))?;
             final_train_loss = Some(loss);
         }
 
