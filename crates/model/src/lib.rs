@@ -15,6 +15,8 @@ pub mod fused;
 #[cfg(feature = "engine")]
 pub mod generate;
 #[cfg(feature = "engine")]
+pub mod head_loss;
+#[cfg(feature = "engine")]
 pub mod model;
 #[cfg(feature = "engine")]
 pub mod ops;
@@ -27,7 +29,9 @@ pub mod text;
 #[cfg(feature = "engine")]
 pub use error::{ModelError, Result};
 #[cfg(feature = "engine")]
-pub use model::{ForwardOutput, KvCache, Model};
+pub use head_loss::{head_cross_entropy, head_nll_sum, head_token_nll};
+#[cfg(feature = "engine")]
+pub use model::{ForwardOutput, HiddenOutput, KvCache, Model};
 #[cfg(feature = "engine")]
 pub use ops::{cross_entropy, next_token_loss, token_nll};
 pub use precision::Precision;

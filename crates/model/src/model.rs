@@ -89,6 +89,14 @@ pub struct ForwardOutput {
     pub expert_counts: Vec<Vec<u64>>,
 }
 
+/// Output of [`Model::forward_hidden`]: everything but the LM head.
+pub struct HiddenOutput {
+    /// `[batch*seq, hidden]`, after the final norm: multiplied by [`Model::lm_head_weight`] it gives the logits.
+    pub hidden: Tensor,
+    pub router_logits: Vec<Tensor>,
+    pub expert_counts: Vec<Vec<u64>>,
+}
+
 /// Per-layer key/value cache for incremental decoding (one batch; positions `0..offset`).
 pub struct KvCache {
     kv: Vec<Option<(Tensor, Tensor)>>,
@@ -370,6 +378,17 @@ impl Model {
         self.forward_impl(input_ids, Some(cache))
     }
 
+    /// Forward pass without the LM head, for the fused head + loss of [`crate::head_loss`], which never holds
+    /// the `[tokens, vocab]` logits. `input_ids`: `[batch, seq]` u32.
+    pub fn forward_hidden(&self, input_ids: &Tensor) -> Result<HiddenOutput> {
+        self.trunk(input_ids, None)
+    }
+
+    /// The LM head `[vocab, hidden]`: the embedding when they are tied.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed).as_tensor()
+    }
+
     fn check_ids(&self, input_ids: &Tensor, offset: usize) -> Result<(usize, usize)> {
         if input_ids.dtype() != DType::U32 {
             return Err(ModelError::input(format!("input_ids must be u32, found {:?}", input_ids.dtype())));
@@ -418,7 +437,14 @@ impl Model {
         Ok(Some(Tensor::from_vec(m, (s, total), &self.device)?.to_dtype(self.dtype)?))
     }
 
-    fn forward_impl(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
+    fn forward_impl(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
+        let out = self.trunk(input_ids, cache)?;
+        let (b, s) = input_ids.dims2()?;
+        let logits = out.hidden.matmul(&self.lm_head_weight().t()?)?.reshape((b, s, self.config.vocab_size))?;
+        Ok(ForwardOutput { logits, router_logits: out.router_logits, expert_counts: out.expert_counts })
+    }
+
+    fn trunk(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<HiddenOutput> {
         let offset = cache.as_ref().map_or(0, |c| c.offset);
         let (b, s) = self.check_ids(input_ids, offset)?;
         let cfg = &self.config;
@@ -452,10 +478,8 @@ impl Model {
         if let Some(c) = cache {
             c.offset += s;
         }
-        let x = ops::rms_norm(&x, self.norm.as_tensor(), cfg.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = x.matmul(&head.as_tensor().t()?)?.reshape((b, s, cfg.vocab_size))?;
-        Ok(ForwardOutput { logits, router_logits, expert_counts })
+        let hidden = ops::rms_norm(&x, self.norm.as_tensor(), cfg.rms_norm_eps)?;
+        Ok(HiddenOutput { hidden, router_logits, expert_counts })
     }
 
     /// Grouped-query attention on `x [b*s, hidden]`. Query heads are grouped per KV head
