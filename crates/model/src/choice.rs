@@ -186,7 +186,8 @@ fn score_batch(model: &Model, rows: &[&ChoiceTokens]) -> Result<Vec<f64>> {
             ids
         })
         .collect();
-    let hidden = model.forward_hidden(&Tensor::new(padded, model.device())?)?.hidden.reshape((rows.len(), len, ()))?;
+    let ids = Tensor::new(padded, model.device())?;
+    let hidden = crate::grad::no_grad(|| model.forward_hidden(&ids))?.hidden.reshape((rows.len(), len, ()))?;
     let mut out = Vec::with_capacity(rows.len());
     for (b, r) in rows.iter().enumerate() {
         let n = r.continuation.len();

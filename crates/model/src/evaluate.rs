@@ -48,7 +48,7 @@ pub struct Evaluator<'m> {
 /// logsumexp and target logit are computed ([`head_nll_sum`]): no `[b, s, vocab]` logits or log-softmax.
 fn score_rows(model: &Model, rows: &[&[u32]]) -> Result<(f64, Vec<Vec<u64>>)> {
     let ids = Tensor::new(rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), model.device())?;
-    let out = model.forward_hidden(&ids)?;
+    let out = crate::grad::no_grad(|| model.forward_hidden(&ids))?;
     let (b, s) = (rows.len(), rows[0].len());
     // Every row's last position predicts past the window: not scored.
     let hidden = out.hidden.reshape((b, s, ()))?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
@@ -176,8 +176,8 @@ pub fn compare_models(reference: &Model, candidate: &Model, ids: &[u32], window:
     let (mut rl, mut cl, mut n) = (0.0, 0.0, 0usize);
     for w in windows(ids, window) {
         let t = Tensor::new(w, reference.device())?.unsqueeze(0)?;
-        let r = reference.forward(&t)?.logits.squeeze(0)?;
-        let c = candidate.forward(&t)?.logits.squeeze(0)?;
+        let r = crate::grad::no_grad(|| reference.forward(&t))?.logits.squeeze(0)?;
+        let c = crate::grad::no_grad(|| candidate.forward(&t))?.logits.squeeze(0)?;
         stats.add(&r, &c)?;
         let targets = Tensor::new(&w[1..], reference.device())?;
         let s = w.len();

@@ -15,6 +15,8 @@ pub mod fused;
 #[cfg(feature = "engine")]
 pub mod generate;
 #[cfg(feature = "engine")]
+pub mod grad;
+#[cfg(feature = "engine")]
 pub mod head_loss;
 #[cfg(feature = "engine")]
 pub mod model;
@@ -28,6 +30,8 @@ pub mod text;
 
 #[cfg(feature = "engine")]
 pub use error::{ModelError, Result};
+#[cfg(feature = "engine")]
+pub use grad::no_grad;
 #[cfg(feature = "engine")]
 pub use head_loss::{head_cross_entropy, head_nll_sum, head_token_nll};
 #[cfg(feature = "engine")]

@@ -16,6 +16,7 @@ use rand_distr::Distribution;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+use crate::grad::param;
 use crate::ops;
 use crate::rope::Rope;
 
@@ -29,9 +30,9 @@ impl Linear {
     /// `x [n, in] -> [n, out]`. The transposed weight is a strided view; candle's CPU gemm reads it
     /// in place (no copy).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.as_tensor().t()?)?;
+        let y = x.matmul(&param(&self.w).t()?)?;
         Ok(match &self.b {
-            Some(b) => y.broadcast_add(b.as_tensor())?,
+            Some(b) => y.broadcast_add(&param(b))?,
             None => y,
         })
     }
@@ -440,7 +441,8 @@ impl Model {
     fn forward_impl(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
         let out = self.trunk(input_ids, cache)?;
         let (b, s) = input_ids.dims2()?;
-        let logits = out.hidden.matmul(&self.lm_head_weight().t()?)?.reshape((b, s, self.config.vocab_size))?;
+        let head = param(self.lm_head.as_ref().unwrap_or(&self.embed));
+        let logits = out.hidden.matmul(&head.t()?)?.reshape((b, s, self.config.vocab_size))?;
         Ok(ForwardOutput { logits, router_logits: out.router_logits, expert_counts: out.expert_counts })
     }
 
@@ -449,7 +451,7 @@ impl Model {
         let (b, s) = self.check_ids(input_ids, offset)?;
         let cfg = &self.config;
         let ids = input_ids.flatten_all()?;
-        let mut x = self.embed.as_tensor().index_select(&ids, 0)?; // [b*s, h]
+        let mut x = param(&self.embed).index_select(&ids, 0)?; // [b*s, h]
         let (cos, sin) = self.rope.cos_sin(offset, s, self.dtype, &self.device)?;
         let mut masks: HashMap<Option<usize>, Option<Tensor>> = HashMap::new();
         let mut router_logits = Vec::new();
@@ -459,11 +461,11 @@ impl Model {
                 slot.insert(self.mask(s, offset, layer.window)?);
             }
             let mask = masks[&layer.window].as_ref();
-            let hn = ops::rms_norm(&x, layer.input_norm.as_tensor(), cfg.rms_norm_eps)?;
+            let hn = ops::rms_norm(&x, &param(&layer.input_norm), cfg.rms_norm_eps)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.kv[l]);
             let attn = self.attention(layer, &hn, b, s, &cos, &sin, mask, kv)?;
             x = (x + attn)?;
-            let hn = ops::rms_norm(&x, layer.post_attn_norm.as_tensor(), cfg.rms_norm_eps)?;
+            let hn = ops::rms_norm(&x, &param(&layer.post_attn_norm), cfg.rms_norm_eps)?;
             let y = match &layer.ffn {
                 Ffn::Dense(m) => m.forward(&hn)?,
                 Ffn::Moe(moe) => {
@@ -478,7 +480,7 @@ impl Model {
         if let Some(c) = cache {
             c.offset += s;
         }
-        let hidden = ops::rms_norm(&x, self.norm.as_tensor(), cfg.rms_norm_eps)?;
+        let hidden = ops::rms_norm(&x, &param(&self.norm), cfg.rms_norm_eps)?;
         Ok(HiddenOutput { hidden, router_logits, expert_counts })
     }
 
@@ -505,7 +507,7 @@ impl Model {
         // layer norms, broadcast over heads), before RoPE.
         let (q, k) = match &layer.qk_norm {
             Some((qn, kn)) => {
-                (ops::rms_norm(&q, qn.as_tensor(), cfg.rms_norm_eps)?, ops::rms_norm(&k, kn.as_tensor(), cfg.rms_norm_eps)?)
+                (ops::rms_norm(&q, &param(qn), cfg.rms_norm_eps)?, ops::rms_norm(&k, &param(kn), cfg.rms_norm_eps)?)
             }
             None => (q, k),
         };
@@ -550,7 +552,7 @@ fn moe_forward(moe: &Moe, x: &Tensor) -> Result<(Tensor, Tensor, Vec<u64>)> {
     let (t, h) = x.dims2()?;
     let n_exp = moe.experts.len();
     let k = moe.top_k;
-    let logits = x.matmul(&moe.router.as_tensor().t()?)?; // [t, E]
+    let logits = x.matmul(&param(&moe.router).t()?)?; // [t, E]
     let probs = ops::softmax_last_dim(&logits)?;
     let top_idx = probs.detach().arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // [t, k]
     let mut top_w = probs.gather(&top_idx, 1)?;
@@ -583,7 +585,7 @@ fn moe_forward(moe: &Moe, x: &Tensor) -> Result<(Tensor, Tensor, Vec<u64>)> {
     let dest = Tensor::new(dest.as_slice(), x.device())?;
     let mut y = Tensor::zeros((t, h), x.dtype(), x.device())?.index_add(&dest, &routed, 0)?;
     if let Some((shared, gate)) = &moe.shared {
-        let g = ops::sigmoid(&x.matmul(&gate.as_tensor().t()?)?)?; // [t, 1]
+        let g = ops::sigmoid(&x.matmul(&param(gate).t()?)?)?; // [t, 1]
         y = (y + shared.forward(x)?.broadcast_mul(&g)?)?;
     }
     Ok((y, logits, counts))

@@ -278,7 +278,8 @@ pub fn evaluate(model: &Model, data: &Arc<IndexedDataset>, seq_len: usize, batch
             ids.extend_from_slice(&row);
         }
         let t = Tensor::from_vec(ids, (rows, seq_len + 1), model.device())?;
-        let out = model.forward_hidden(&t.narrow(1, 0, seq_len)?)?;
+        let input = t.narrow(1, 0, seq_len)?;
+        let out = escale_model::no_grad(|| model.forward_hidden(&input))?;
         nll_sum += escale_model::head_nll_sum(&out.hidden, model.lm_head_weight(), &t.narrow(1, 1, seq_len)?.contiguous()?)?;
         count += (rows * seq_len) as u64;
         w += rows as u64;
