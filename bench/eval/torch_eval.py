@@ -24,10 +24,11 @@ ap.add_argument("--max-tokens", type=int, default=0)
 a = ap.parse_args()
 
 tok = Tokenizer.from_file(f"{a.model}/tokenizer.json")
-ids = tok.encode(open(a.text, encoding="utf-8").read(), add_special_tokens=False).ids
+# Special tokens as escale adds them to the first chunk of the text (BOS where the post-processor puts it).
+ids = tok.encode(open(a.text, encoding="utf-8").read(), add_special_tokens=True).ids
 if a.max_tokens:
     ids = ids[: a.max_tokens]
-model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
 
 step = a.window - 1
 windows = [ids[s : s + a.window] for s in range(0, max(len(ids) - 1, 1), step)]
