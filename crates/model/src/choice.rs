@@ -27,13 +27,13 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use escale_data::{ChoiceItem, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::model::Model;
-use crate::ops::token_nll;
+use crate::head_loss::head_nll_sum;
 
 /// One choice ready for the model: the ids it reads, and the continuation ids it is scored on
 /// (the last `continuation.len()` predictions of `input`).
@@ -186,16 +186,16 @@ fn score_batch(model: &Model, rows: &[&ChoiceTokens]) -> Result<Vec<f64>> {
             ids
         })
         .collect();
-    let logits = model.forward(&Tensor::new(padded, model.device())?)?.logits;
+    let ids = Tensor::new(padded, model.device())?;
+    let hidden = crate::grad::no_grad(|| model.forward_hidden(&ids))?.hidden.reshape((rows.len(), len, ()))?;
     let mut out = Vec::with_capacity(rows.len());
     for (b, r) in rows.iter().enumerate() {
         let n = r.continuation.len();
         // Position p predicts token p+1 of `input ++ [last]`: the continuation's predictions are
-        // the last n positions of the row's own (unpadded) input.
-        let scored = logits.get(b)?.narrow(0, r.input.len() - n, n)?;
+        // the last n positions of the row's own (unpadded) input. Only those rows go through the LM head.
+        let scored = hidden.get(b)?.narrow(0, r.input.len() - n, n)?;
         let targets = Tensor::new(r.continuation.as_slice(), model.device())?;
-        let nll = token_nll(&scored, &targets)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        out.push(-nll);
+        out.push(-head_nll_sum(&scored, model.lm_head_weight(), &targets)?);
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::compare::LogitStats;
 use crate::error::{ModelError, Result};
+use crate::head_loss::head_nll_sum;
 use crate::model::Model;
 use crate::ops::token_nll;
 use crate::text::windows;
@@ -43,10 +44,16 @@ pub struct Evaluator<'m> {
     pending: Vec<u32>,
 }
 
-/// Runs `rows` (equal lengths) as one batch; returns per-row logits `[b, s, v]` and MoE counts.
-fn run_batch(model: &Model, rows: &[&[u32]]) -> Result<crate::model::ForwardOutput> {
+/// Summed next-token NLL of `rows` (equal lengths, run as one batch) and the MoE counts. Only the per-token
+/// logsumexp and target logit are computed ([`head_nll_sum`]): no `[b, s, vocab]` logits or log-softmax.
+fn score_rows(model: &Model, rows: &[&[u32]]) -> Result<(f64, Vec<Vec<u64>>)> {
     let ids = Tensor::new(rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), model.device())?;
-    model.forward(&ids)
+    let out = crate::grad::no_grad(|| model.forward_hidden(&ids))?;
+    let (b, s) = (rows.len(), rows[0].len());
+    // Every row's last position predicts past the window: not scored.
+    let hidden = out.hidden.reshape((b, s, ()))?.narrow(1, 0, s - 1)?.reshape((b * (s - 1), ()))?;
+    let targets = Tensor::new(rows.iter().flat_map(|r| r[1..].iter().copied()).collect::<Vec<_>>(), model.device())?;
+    Ok((head_nll_sum(&hidden, model.lm_head_weight(), &targets)?, out.expert_counts))
 }
 
 impl<'m> Evaluator<'m> {
@@ -79,14 +86,11 @@ impl<'m> Evaluator<'m> {
     }
 
     fn eval_rows(&mut self, rows: &[&[u32]]) -> Result<()> {
-        let out = run_batch(self.model, rows)?;
-        let s = rows[0].len();
-        let targets = Tensor::new(rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>(), self.model.device())?;
-        let nll = token_nll(&out.logits.narrow(1, 0, s - 1)?, &targets)?;
-        self.nll_sum += nll.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        self.tokens += rows.len() * (s - 1);
+        let (nll_sum, expert_counts) = score_rows(self.model, rows)?;
+        self.nll_sum += nll_sum;
+        self.tokens += rows.len() * (rows[0].len() - 1);
         self.windows += rows.len();
-        for (acc, c) in self.counts.iter_mut().zip(&out.expert_counts) {
+        for (acc, c) in self.counts.iter_mut().zip(&expert_counts) {
             acc.iter_mut().zip(c).for_each(|(a, b)| *a += b);
         }
         Ok(())
@@ -172,8 +176,8 @@ pub fn compare_models(reference: &Model, candidate: &Model, ids: &[u32], window:
     let (mut rl, mut cl, mut n) = (0.0, 0.0, 0usize);
     for w in windows(ids, window) {
         let t = Tensor::new(w, reference.device())?.unsqueeze(0)?;
-        let r = reference.forward(&t)?.logits.squeeze(0)?;
-        let c = candidate.forward(&t)?.logits.squeeze(0)?;
+        let r = crate::grad::no_grad(|| reference.forward(&t))?.logits.squeeze(0)?;
+        let c = crate::grad::no_grad(|| candidate.forward(&t))?.logits.squeeze(0)?;
         stats.add(&r, &c)?;
         let targets = Tensor::new(&w[1..], reference.device())?;
         let s = w.len();

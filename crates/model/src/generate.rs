@@ -81,7 +81,8 @@ pub fn generate(
     let mut out = Vec::new();
     let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     while out.len() < max_new && cache.len() + input.dim(1)? <= max_pos {
-        let logits = model.forward_cached(&input, &mut cache)?.logits;
+        // No graph: otherwise the KV cache would keep every step's activations alive.
+        let logits = crate::grad::no_grad(|| model.forward_cached(&input, &mut cache))?.logits;
         let s = logits.dim(1)?;
         let last: Vec<f32> = logits.narrow(1, s - 1, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let next = pick(&last, decoding, &mut rng);

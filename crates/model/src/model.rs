@@ -16,6 +16,7 @@ use rand_distr::Distribution;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+use crate::grad::param;
 use crate::ops;
 use crate::rope::Rope;
 
@@ -29,9 +30,9 @@ impl Linear {
     /// `x [n, in] -> [n, out]`. The transposed weight is a strided view; candle's CPU gemm reads it
     /// in place (no copy).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.as_tensor().t()?)?;
+        let y = x.matmul(&param(&self.w).t()?)?;
         Ok(match &self.b {
-            Some(b) => y.broadcast_add(b.as_tensor())?,
+            Some(b) => y.broadcast_add(&param(b))?,
             None => y,
         })
     }
@@ -86,6 +87,14 @@ pub struct ForwardOutput {
     /// for an f64 model: never below fp32), differentiable (for load-balancing and z losses).
     pub router_logits: Vec<Tensor>,
     /// Per MoE layer, the number of tokens routed to each expert (each token counts `top_k` times).
+    pub expert_counts: Vec<Vec<u64>>,
+}
+
+/// Output of [`Model::forward_hidden`]: everything but the LM head.
+pub struct HiddenOutput {
+    /// `[batch*seq, hidden]`, after the final norm: multiplied by [`Model::lm_head_weight`] it gives the logits.
+    pub hidden: Tensor,
+    pub router_logits: Vec<Tensor>,
     pub expert_counts: Vec<Vec<u64>>,
 }
 
@@ -370,6 +379,17 @@ impl Model {
         self.forward_impl(input_ids, Some(cache))
     }
 
+    /// Forward pass without the LM head, for the fused head + loss of [`crate::head_loss`], which never holds
+    /// the `[tokens, vocab]` logits. `input_ids`: `[batch, seq]` u32.
+    pub fn forward_hidden(&self, input_ids: &Tensor) -> Result<HiddenOutput> {
+        self.trunk(input_ids, None)
+    }
+
+    /// The LM head `[vocab, hidden]`: the embedding when they are tied.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed).as_tensor()
+    }
+
     fn check_ids(&self, input_ids: &Tensor, offset: usize) -> Result<(usize, usize)> {
         if input_ids.dtype() != DType::U32 {
             return Err(ModelError::input(format!("input_ids must be u32, found {:?}", input_ids.dtype())));
@@ -418,12 +438,20 @@ impl Model {
         Ok(Some(Tensor::from_vec(m, (s, total), &self.device)?.to_dtype(self.dtype)?))
     }
 
-    fn forward_impl(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
+    fn forward_impl(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
+        let out = self.trunk(input_ids, cache)?;
+        let (b, s) = input_ids.dims2()?;
+        let head = param(self.lm_head.as_ref().unwrap_or(&self.embed));
+        let logits = out.hidden.matmul(&head.t()?)?.reshape((b, s, self.config.vocab_size))?;
+        Ok(ForwardOutput { logits, router_logits: out.router_logits, expert_counts: out.expert_counts })
+    }
+
+    fn trunk(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<HiddenOutput> {
         let offset = cache.as_ref().map_or(0, |c| c.offset);
         let (b, s) = self.check_ids(input_ids, offset)?;
         let cfg = &self.config;
         let ids = input_ids.flatten_all()?;
-        let mut x = self.embed.as_tensor().index_select(&ids, 0)?; // [b*s, h]
+        let mut x = param(&self.embed).index_select(&ids, 0)?; // [b*s, h]
         let (cos, sin) = self.rope.cos_sin(offset, s, self.dtype, &self.device)?;
         let mut masks: HashMap<Option<usize>, Option<Tensor>> = HashMap::new();
         let mut router_logits = Vec::new();
@@ -433,11 +461,11 @@ impl Model {
                 slot.insert(self.mask(s, offset, layer.window)?);
             }
             let mask = masks[&layer.window].as_ref();
-            let hn = ops::rms_norm(&x, layer.input_norm.as_tensor(), cfg.rms_norm_eps)?;
+            let hn = ops::rms_norm(&x, &param(&layer.input_norm), cfg.rms_norm_eps)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.kv[l]);
             let attn = self.attention(layer, &hn, b, s, &cos, &sin, mask, kv)?;
             x = (x + attn)?;
-            let hn = ops::rms_norm(&x, layer.post_attn_norm.as_tensor(), cfg.rms_norm_eps)?;
+            let hn = ops::rms_norm(&x, &param(&layer.post_attn_norm), cfg.rms_norm_eps)?;
             let y = match &layer.ffn {
                 Ffn::Dense(m) => m.forward(&hn)?,
                 Ffn::Moe(moe) => {
@@ -452,10 +480,8 @@ impl Model {
         if let Some(c) = cache {
             c.offset += s;
         }
-        let x = ops::rms_norm(&x, self.norm.as_tensor(), cfg.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = x.matmul(&head.as_tensor().t()?)?.reshape((b, s, cfg.vocab_size))?;
-        Ok(ForwardOutput { logits, router_logits, expert_counts })
+        let hidden = ops::rms_norm(&x, &param(&self.norm), cfg.rms_norm_eps)?;
+        Ok(HiddenOutput { hidden, router_logits, expert_counts })
     }
 
     /// Grouped-query attention on `x [b*s, hidden]`. Query heads are grouped per KV head
@@ -481,7 +507,7 @@ impl Model {
         // layer norms, broadcast over heads), before RoPE.
         let (q, k) = match &layer.qk_norm {
             Some((qn, kn)) => {
-                (ops::rms_norm(&q, qn.as_tensor(), cfg.rms_norm_eps)?, ops::rms_norm(&k, kn.as_tensor(), cfg.rms_norm_eps)?)
+                (ops::rms_norm(&q, &param(qn), cfg.rms_norm_eps)?, ops::rms_norm(&k, &param(kn), cfg.rms_norm_eps)?)
             }
             None => (q, k),
         };
@@ -526,7 +552,7 @@ fn moe_forward(moe: &Moe, x: &Tensor) -> Result<(Tensor, Tensor, Vec<u64>)> {
     let (t, h) = x.dims2()?;
     let n_exp = moe.experts.len();
     let k = moe.top_k;
-    let logits = x.matmul(&moe.router.as_tensor().t()?)?; // [t, E]
+    let logits = x.matmul(&param(&moe.router).t()?)?; // [t, E]
     let probs = ops::softmax_last_dim(&logits)?;
     let top_idx = probs.detach().arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // [t, k]
     let mut top_w = probs.gather(&top_idx, 1)?;
@@ -559,7 +585,7 @@ fn moe_forward(moe: &Moe, x: &Tensor) -> Result<(Tensor, Tensor, Vec<u64>)> {
     let dest = Tensor::new(dest.as_slice(), x.device())?;
     let mut y = Tensor::zeros((t, h), x.dtype(), x.device())?.index_add(&dest, &routed, 0)?;
     if let Some((shared, gate)) = &moe.shared {
-        let g = ops::sigmoid(&x.matmul(&gate.as_tensor().t()?)?)?; // [t, 1]
+        let g = ops::sigmoid(&x.matmul(&param(gate).t()?)?)?; // [t, 1]
         y = (y + shared.forward(x)?.broadcast_mul(&g)?)?;
     }
     Ok((y, logits, counts))

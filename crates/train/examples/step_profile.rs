@@ -21,17 +21,22 @@ fn main() {
         let ids: Vec<u32> = (0..batch * (seq + 1)).map(|i| (i as u32).wrapping_mul(2654435761u32) % v).collect();
         let w = Tensor::from_vec(ids, (batch, seq + 1), &Device::Cpu).unwrap();
         let t0 = Instant::now();
-        let out = model.forward(&w.narrow(1, 0, seq).unwrap()).unwrap();
+        let out = model.forward_hidden(&w.narrow(1, 0, seq).unwrap()).unwrap();
         let t1 = Instant::now();
-        let loss = escale_model::cross_entropy(&out.logits, &w.narrow(1, 1, seq).unwrap().contiguous().unwrap()).unwrap();
+        println!("iter {it}: memory after forward: {}", memory());
+        // The trainer's fused head + loss: its time includes the head's gradients, computed in the same pass.
+        let targets = w.narrow(1, 1, seq).unwrap().contiguous().unwrap();
+        let loss = escale_model::head_cross_entropy(&out.hidden, model.lm_head_weight(), &targets).unwrap();
         let _ = loss.to_scalar::<f32>().unwrap();
         let t2 = Instant::now();
         let g = loss.backward().unwrap();
         let t3 = Instant::now();
+        println!("iter {it}: memory after backward: {}", memory());
         let grads: Vec<Tensor> = params.iter().map(|(_, p)| g.get(p.as_tensor()).unwrap().clone()).collect();
         opt.step(&grads, 1e-3).unwrap();
         let t4 = Instant::now();
         let total = (t4 - t0).as_secs_f64();
+        println!("iter {it}: memory after the step: {}", memory());
         println!(
             "iter {it}: forward {:.3}s loss {:.3}s backward {:.3}s adamw {:.3}s total {:.3}s = {:.0} tok/s",
             (t1 - t0).as_secs_f64(),
@@ -42,4 +47,11 @@ fn main() {
             (batch * seq) as f64 / total
         );
     }
+}
+
+/// Resident memory now and its peak so far (VmRSS, VmHWM from /proc/self/status; Linux only).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).map_or("?".into(), |l| l[k.len()..].trim().to_string());
+    format!("rss {} peak {}", field("VmRSS:"), field("VmHWM:"))
 }

@@ -156,8 +156,9 @@ pub fn train_until(cfg: &TrainConfig, stop: &AtomicBool, on_event: &mut dyn FnMu
             let window = Tensor::from_slice(&batch, (cfg.micro_batch, cfg.seq_len + 1), s.model.device())?;
             let input = window.narrow(1, 0, cfg.seq_len)?;
             let targets = window.narrow(1, 1, cfg.seq_len)?.contiguous()?;
-            let out = s.model.forward(&input)?;
-            let lm = escale_model::cross_entropy(&out.logits, &targets)?;
+            // The fused head + loss: the [tokens, vocab] logits are never held (escale_model::head_loss).
+            let out = s.model.forward_hidden(&input)?;
+            let lm = escale_model::head_cross_entropy(&out.hidden, s.model.lm_head_weight(), &targets)?;
             let mut objective = lm.clone();
             if let Some(m) = &moe {
                 let l = moe_losses(
@@ -279,9 +280,9 @@ pub fn evaluate(model: &Model, data: &Arc<IndexedDataset>, seq_len: usize, batch
             ids.extend_from_slice(&row);
         }
         let t = Tensor::from_vec(ids, (rows, seq_len + 1), model.device())?;
-        let out = model.forward(&t.narrow(1, 0, seq_len)?)?;
-        let nll = escale_model::token_nll(&out.logits.detach(), &t.narrow(1, 1, seq_len)?.contiguous()?)?;
-        nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        let input = t.narrow(1, 0, seq_len)?;
+        let out = escale_model::no_grad(|| model.forward_hidden(&input))?;
+        nll_sum += escale_model::head_nll_sum(&out.hidden, model.lm_head_weight(), &t.narrow(1, 1, seq_len)?.contiguous()?)?;
         count += (rows * seq_len) as u64;
         w += rows as u64;
     }
