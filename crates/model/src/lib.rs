@@ -3,6 +3,8 @@
 //! every op has a correct gradient (composite candle-core ops only; see [`ops`]).
 
 #[cfg(feature = "engine")]
+pub mod attention;
+#[cfg(feature = "engine")]
 pub mod choice;
 #[cfg(feature = "engine")]
 pub mod compare;
@@ -14,6 +16,8 @@ pub mod evaluate;
 pub mod fused;
 #[cfg(feature = "engine")]
 pub mod generate;
+#[cfg(feature = "engine")]
+pub mod kernels;
 #[cfg(feature = "engine")]
 pub mod model;
 #[cfg(feature = "engine")]

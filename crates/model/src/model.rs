@@ -485,9 +485,16 @@ impl Model {
             }
             None => (q, k),
         };
+        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?;
+        if kv_cache.is_none() {
+            // Training and scoring (positions from 0): RoPE and attention fused, in [b, s, heads, hd].
+            if let Some(o) = ops::fused_rope_attention(&q, &k, &v, cos, sin, layer.window)? {
+                return layer.o.forward(&o.reshape((b * s, nh * hd))?);
+            }
+        }
         let q = q.transpose(1, 2)?; // [b, nh, s, hd]
         let k = k.transpose(1, 2)?;
-        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
         let (k, v) = match kv_cache {
