@@ -216,15 +216,15 @@ fn backward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T], o
                     for (r, (prow, dsrow)) in p.chunks_mut(nk).zip(ds.chunks_mut(nk)).enumerate() {
                         let i = i0 + r;
                         let (lo, hi) = (op.first_key(i) - k0, i + 1 - k0);
-                        for c in 0..nk {
-                            if c >= lo && c < hi {
-                                let pv = (prow[c] - lse[i]).exp_();
-                                prow[c] = pv;
-                                dsrow[c] = pv * (dsrow[c] - dd[r]) * scale;
-                            } else {
-                                prow[c] = T::c0();
-                                dsrow[c] = T::c0();
-                            }
+                        let (li, dr) = (lse[i], dd[r]);
+                        for (pc, dc) in prow[lo..hi].iter_mut().zip(&mut dsrow[lo..hi]) {
+                            let pv = (*pc - li).exp_();
+                            *pc = pv;
+                            *dc = pv * (*dc - dr) * scale;
+                        }
+                        for row in [&mut *prow, &mut *dsrow] {
+                            row[..lo].fill(T::c0());
+                            row[hi..].fill(T::c0());
                         }
                     }
                     unsafe {

@@ -394,6 +394,125 @@ pub fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op3(&cos.contiguous()?, &sin.contiguous()?, RopeBshd)?)
 }
 
+// ---------------------------------------------------------------- Linear
+
+/// `y [n, out] = x [n, in] w^T` for `w [out, in]` (HF layout), one graph node. Through candle's
+/// `x.matmul(&w.t())` the backward goes through a transpose node, whose gradient lands on the
+/// weight as a strided add; here both gradients are single gemm calls into contiguous buffers.
+struct LinearOp;
+
+fn threads() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `dst [m x n] = lhs [m x k] rhs [k x n]`, operands by pointer and (column, row) strides, on the
+/// rayon pool.
+///
+/// # Safety
+/// Every operand must hold the elements its strides address.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_into<T: Real>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: &[T], lhs_cs: usize, lhs_rs: usize, rhs: &[T], rhs_cs: usize, rhs_rs: usize) {
+    debug_assert!(dst.len() >= m * n);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        false,
+        lhs.as_ptr(),
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs.as_ptr(),
+        rhs_cs as isize,
+        rhs_rs as isize,
+        T::c0(),
+        T::c1(),
+        false,
+        false,
+        false,
+        threads(),
+    )
+}
+
+fn linear_fwd<T: Real>(x: &[T], w: &[T], din: usize, dout: usize) -> Vec<T> {
+    let n = x.len() / din;
+    let mut y = vec![T::c0(); n * dout];
+    // SAFETY: x is [n, din], w is [dout, din] read as w^T [din, dout] (column stride din), y [n, dout].
+    unsafe { matmul_into(n, dout, din, &mut y, x, 1, din, w, din, 1) };
+    y
+}
+
+fn linear_bwd<T: Real>(x: &[T], w: &[T], g: &[T], din: usize, dout: usize) -> (Vec<T>, Vec<T>) {
+    let n = x.len() / din;
+    let mut dx = vec![T::c0(); n * din];
+    let mut dw = vec![T::c0(); dout * din];
+    // SAFETY: dx [n, din] = g [n, dout] w [dout, din]; dw [dout, din] = g^T [dout, n] x [n, din].
+    unsafe {
+        matmul_into(n, din, dout, &mut dx, g, 1, dout, w, 1, din);
+        matmul_into(dout, din, n, &mut dw, g, dout, 1, x, 1, din);
+    }
+    (dx, dw)
+}
+
+fn linear_dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, Shape)> {
+    let (dout, din) = l2.shape().dims2()?;
+    let mut dims = l1.dims().to_vec();
+    if dims.last() != Some(&din) {
+        return Err(msg(&format!("linear: input {:?} does not end in the weight's in-features ({:?})", l1.dims(), l2.dims())));
+    }
+    *dims.last_mut().expect("checked above") = dout;
+    Ok((din, dout, Shape::from(dims)))
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "escale-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (din, dout, shape) = linear_dims(l1, l2)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(linear_fwd(slice::<f32>(s1, l1, "linear")?, slice(s2, l2, "linear")?, din, dout))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(linear_fwd(slice::<f64>(s1, l1, "linear")?, slice(s2, l2, "linear")?, din, dout))
+            }
+            _ => return Err(msg("fused linear: f32 or f64 inputs of one dtype")),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let (dout, din) = w.dims2()?;
+        let (dx, dw) = {
+            let (xd, wd, gd) = (Data::of(&x)?, Data::of(&w)?, Data::of(&grad)?);
+            match x.dtype() {
+                DType::F32 => {
+                    let (dx, dw) = linear_bwd(xd.get::<f32>()?, wd.get()?, gd.get()?, din, dout);
+                    (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dw, w.shape(), w.device())?)
+                }
+                _ => {
+                    let (dx, dw) = linear_bwd(xd.get::<f64>()?, wd.get()?, gd.get()?, din, dout);
+                    (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dw, w.shape(), w.device())?)
+                }
+            }
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x [.., in] w^T` for `w [out, in]` (both contiguous), with backward for both.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.apply_op2(w, LinearOp)?)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -521,6 +640,21 @@ pub(crate) mod tests {
         let (cos, sin) = tables(4, 6, DType::F64);
         let inputs = [var(&[2, 4, 3, 6], 10, DType::F64)];
         matches_finite_differences(&inputs, &|x| rope_bshd(&x[0], &cos, &sin).unwrap());
+    }
+
+    #[test]
+    fn linear_matches_matmul_and_finite_differences() {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-13)] {
+            let inputs = [var(&[2, 37, 19], 13, dtype), var(&[23, 19], 14, dtype)];
+            same_as_composite(
+                &inputs,
+                &|x| linear(&x[0], &x[1]).unwrap(),
+                &|x| x[0].broadcast_matmul(&x[1].t().unwrap()).unwrap(),
+                tol,
+            );
+        }
+        let inputs = [var(&[5, 6], 15, DType::F64), var(&[4, 6], 16, DType::F64)];
+        matches_finite_differences(&inputs, &|x| linear(&x[0], &x[1]).unwrap());
     }
 
     #[test]

@@ -26,10 +26,9 @@ struct Linear {
 }
 
 impl Linear {
-    /// `x [n, in] -> [n, out]`. The transposed weight is a strided view; candle's CPU gemm reads it
-    /// in place (no copy).
+    /// `x [n, in] -> [n, out]` through [`ops::linear`] (one node with its own backward when fused).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.as_tensor().t()?)?;
+        let y = ops::linear(x, self.w.as_tensor())?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b.as_tensor())?,
             None => y,

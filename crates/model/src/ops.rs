@@ -99,6 +99,16 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.neg()?.exp()? + 1.0)?.recip()?)
 }
 
+/// `x [.., in] w^T` for a weight `w [out, in]`: the fused op ([`crate::kernels::linear`]) for
+/// contiguous f32/f64 operands, else candle's matmul against the transposed view (2-d `x`).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused() && crate::kernels::covers(x) && crate::kernels::covers(w) && x.dtype() == w.dtype() && w.rank() == 2 {
+        crate::kernels::linear(x, w)
+    } else {
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
 /// SwiGLU's gating: `silu(gate) * up`; the fused kernel ([`crate::kernels::swiglu`]) for
 /// contiguous f32/f64 operands of one shape, else [`swiglu_composite`].
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
