@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 /// The fused kernel ([`crate::kernels::rms_norm`]) for contiguous f32/f64 input, else
 /// [`rms_norm_composite`].
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused() && crate::kernels::covers(x) && weight.dtype() == x.dtype() {
+    if fused_kernel("rms_norm") && crate::kernels::covers(x) && weight.dtype() == x.dtype() {
         crate::kernels::rms_norm(x, weight, eps)
     } else {
         rms_norm_composite(x, weight, eps)
@@ -40,6 +40,18 @@ pub fn set_fused_kernels(on: bool) {
 
 pub(crate) fn fused() -> bool {
     FUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether the fused kernel `name` (`rms_norm`, `swiglu`, `linear`, `attention`) is on: the
+/// process-wide switch, less any named in the `ESCALE_FUSED_OFF` environment variable (a comma
+/// list, read once). The variable exists to measure each kernel's share of a training step with one
+/// binary; the default is every kernel on.
+fn fused_kernel(name: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("ESCALE_FUSED_OFF").map(|v| v.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default()
+    });
+    fused() && !off.iter().any(|o| o == name)
 }
 
 /// Softmax over the last dim: the fused one-pass kernel with an explicit backward
@@ -102,7 +114,7 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
 /// `x [.., in] w^T` for a weight `w [out, in]`: the fused op ([`crate::kernels::linear`]) for
 /// contiguous f32/f64 operands, else candle's matmul against the transposed view (2-d `x`).
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if fused() && crate::kernels::covers(x) && crate::kernels::covers(w) && x.dtype() == w.dtype() && w.rank() == 2 {
+    if fused_kernel("linear") && crate::kernels::covers(x) && crate::kernels::covers(w) && x.dtype() == w.dtype() && w.rank() == 2 {
         crate::kernels::linear(x, w)
     } else {
         Ok(x.matmul(&w.t()?)?)
@@ -112,7 +124,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// SwiGLU's gating: `silu(gate) * up`; the fused kernel ([`crate::kernels::swiglu`]) for
 /// contiguous f32/f64 operands of one shape, else [`swiglu_composite`].
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused() && crate::kernels::covers(gate) && crate::kernels::covers(up) && gate.dtype() == up.dtype() && gate.shape() == up.shape() {
+    if fused_kernel("swiglu") && crate::kernels::covers(gate) && crate::kernels::covers(up) && gate.dtype() == up.dtype() && gate.shape() == up.shape() {
         crate::kernels::swiglu(gate, up)
     } else {
         swiglu_composite(gate, up)
@@ -150,7 +162,7 @@ pub fn fused_rope_attention(
     window: Option<usize>,
 ) -> Result<Option<Tensor>> {
     use crate::kernels::covers;
-    let ok = fused()
+    let ok = fused_kernel("attention")
         && window != Some(0)
         && [q, k, v, cos, sin].iter().all(|t| covers(t) && t.dtype() == q.dtype())
         && q.rank() == 4;
