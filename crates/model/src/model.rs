@@ -2,7 +2,7 @@
 //!
 //! Parameters are candle [`Var`]s named exactly as in the HF checkpoint, so the trainer can
 //! optimise them and [`Model::save`] can write them back without a renaming table. The forward
-//! pass uses only the differentiable composite ops of [`crate::ops`].
+//! pass uses only the differentiable ops of [`crate::ops`] (fused kernels or composite ops).
 
 use std::collections::HashMap;
 use std::path::Path;

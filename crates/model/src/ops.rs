@@ -1,5 +1,7 @@
-//! Training ops built only from candle-core primitives that record a backward pass, plus two
-//! fused kernels with their own backward ([`crate::fused`]).
+//! Training ops built only from candle-core primitives that record a backward pass, and the
+//! dispatch to the fused kernels with their own backward ([`crate::fused`]: softmax, log-softmax;
+//! [`crate::kernels`]: RMSNorm, SwiGLU, RoPE, linear; [`crate::attention`]), which each fall back to
+//! the composite op for what they do not cover or when switched off ([`set_fused_kernels`]).
 //!
 //! candle-nn 0.11's fused `softmax_last_dim`, `rms_norm` and rotary ops compute the forward but
 //! record no backward: gradients silently stop there (see docs/cpu-training-notes.md). Everything
