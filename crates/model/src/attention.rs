@@ -190,7 +190,7 @@ fn backward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T], o
             let mut dv = vec![T::c0(); s * hd];
             let mut p = vec![T::c0(); BLOCK * s];
             let mut ds = vec![T::c0(); BLOCK * s];
-            let mut dd = vec![T::c0(); BLOCK];
+            let mut dd = [T::c0(); BLOCK];
             for j in 0..g {
                 let h = kvh * g + j;
                 let lse = &lse[(seq * d.nh + h) * s..][..s];
