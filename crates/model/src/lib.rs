@@ -1,7 +1,10 @@
 //! escale-model: dense and MoE decoder-only LMs (llama, mistral, qwen2, qwen3, mixtral, qwen2_moe,
 //! qwen3_moe) on candle, loaded from and saved to HF folders through `escale-formats`, with a forward pass whose
-//! every op has a correct gradient (composite candle-core ops only; see [`ops`]).
+//! every op has a correct gradient (composite candle-core ops or fused kernels with a hand-written,
+//! tested backward; see [`ops`]).
 
+#[cfg(feature = "engine")]
+pub mod attention;
 #[cfg(feature = "engine")]
 pub mod choice;
 #[cfg(feature = "engine")]
@@ -14,6 +17,8 @@ pub mod evaluate;
 pub mod fused;
 #[cfg(feature = "engine")]
 pub mod generate;
+#[cfg(feature = "engine")]
+pub mod kernels;
 #[cfg(feature = "engine")]
 pub mod grad;
 #[cfg(feature = "engine")]

@@ -2,7 +2,7 @@
 //!
 //! Parameters are candle [`Var`]s named exactly as in the HF checkpoint, so the trainer can
 //! optimise them and [`Model::save`] can write them back without a renaming table. The forward
-//! pass uses only the differentiable composite ops of [`crate::ops`].
+//! pass uses only the differentiable ops of [`crate::ops`] (fused kernels or composite ops).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,10 +27,9 @@ struct Linear {
 }
 
 impl Linear {
-    /// `x [n, in] -> [n, out]`. The transposed weight is a strided view; candle's CPU gemm reads it
-    /// in place (no copy).
+    /// `x [n, in] -> [n, out]` through [`ops::linear`] (one node with its own backward when fused).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&param(&self.w).t()?)?;
+        let y = ops::linear(x, &param(&self.w))?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(&param(b))?,
             None => y,
@@ -511,9 +510,16 @@ impl Model {
             }
             None => (q, k),
         };
+        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?;
+        if kv_cache.is_none() {
+            // Training and scoring (positions from 0): RoPE and attention fused, in [b, s, heads, hd].
+            if let Some(o) = ops::fused_rope_attention(&q, &k, &v, cos, sin, layer.window)? {
+                return layer.o.forward(&o.reshape((b * s, nh * hd))?);
+            }
+        }
         let q = q.transpose(1, 2)?; // [b, nh, s, hd]
         let k = k.transpose(1, 2)?;
-        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
         let (k, v) = match kv_cache {

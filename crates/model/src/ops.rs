@@ -1,5 +1,7 @@
-//! Training ops built only from candle-core primitives that record a backward pass, plus two
-//! fused kernels with their own backward ([`crate::fused`]).
+//! Training ops built only from candle-core primitives that record a backward pass, and the
+//! dispatch to the fused kernels with their own backward ([`crate::fused`]: softmax, log-softmax;
+//! [`crate::kernels`]: RMSNorm, SwiGLU, RoPE, linear; [`crate::attention`]), which each fall back to
+//! the composite op for what they do not cover or when switched off ([`set_fused_kernels`]).
 //!
 //! candle-nn 0.11's fused `softmax_last_dim`, `rms_norm` and rotary ops compute the forward but
 //! record no backward: gradients silently stop there (see docs/cpu-training-notes.md). Everything
@@ -12,7 +14,18 @@ use candle_core::{DType, Tensor, D};
 use crate::error::{ModelError, Result};
 
 /// RMSNorm as in transformers' `LlamaRMSNorm`: `w * x / sqrt(mean(x^2) + eps)` over the last dim.
+/// The fused kernel ([`crate::kernels::rms_norm`]) for contiguous f32/f64 input, else
+/// [`rms_norm_composite`].
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_kernel("rms_norm") && crate::kernels::covers(x) && weight.dtype() == x.dtype() {
+        crate::kernels::rms_norm(x, weight, eps)
+    } else {
+        rms_norm_composite(x, weight, eps)
+    }
+}
+
+/// RMSNorm from candle-core primitives (the reference the fused kernel is tested against).
+pub fn rms_norm_composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
@@ -20,14 +33,27 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 
 static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Selects the fused kernels (default) or the composite ops for softmax / log-softmax, process-wide.
+/// Selects the fused kernels (default) or the composite ops, process-wide: softmax / log-softmax,
+/// RMSNorm, SwiGLU, and (in the model's attention) RoPE and the causal attention itself.
 /// Both are differentiable; the switch exists to measure the difference (`examples/step_timing`).
 pub fn set_fused_kernels(on: bool) {
     FUSED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn fused() -> bool {
+pub(crate) fn fused() -> bool {
     FUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether the fused kernel `name` (`rms_norm`, `swiglu`, `linear`, `attention`) is on: the
+/// process-wide switch, less any named in the `ESCALE_FUSED_OFF` environment variable (a comma
+/// list, read once). The variable exists to measure each kernel's share of a training step with one
+/// binary; the default is every kernel on.
+fn fused_kernel(name: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("ESCALE_FUSED_OFF").map(|v| v.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default()
+    });
+    fused() && !off.iter().any(|o| o == name)
 }
 
 /// Softmax over the last dim: the fused one-pass kernel with an explicit backward
@@ -87,8 +113,28 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.neg()?.exp()? + 1.0)?.recip()?)
 }
 
-/// SwiGLU's gating: `silu(gate) * up` (candle-core's `silu` unary op has a backward).
+/// `x [.., in] w^T` for a weight `w [out, in]`: the fused op ([`crate::kernels::linear`]) for
+/// contiguous f32/f64 operands, else candle's matmul against the transposed view (2-d `x`).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused_kernel("linear") && crate::kernels::covers(x) && crate::kernels::covers(w) && x.dtype() == w.dtype() && w.rank() == 2 {
+        crate::kernels::linear(x, w)
+    } else {
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
+/// SwiGLU's gating: `silu(gate) * up`; the fused kernel ([`crate::kernels::swiglu`]) for
+/// contiguous f32/f64 operands of one shape, else [`swiglu_composite`].
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_kernel("swiglu") && crate::kernels::covers(gate) && crate::kernels::covers(up) && gate.dtype() == up.dtype() && gate.shape() == up.shape() {
+        crate::kernels::swiglu(gate, up)
+    } else {
+        swiglu_composite(gate, up)
+    }
+}
+
+/// `silu(gate) * up` from candle-core ops (`silu` has a backward): the fused kernel's reference.
+pub fn swiglu_composite(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
 
@@ -102,6 +148,33 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Causal attention of `q [b, s, heads, hd]` over `k`, `v` `[b, s, kv_heads, hd]` (positions from 0,
+/// query `i` sees keys `j <= i` with `i - j < window`), RoPE applied to q and k first. Returns the
+/// `[b, s, heads, hd]` output through the fused kernels ([`crate::kernels::rope_bshd`],
+/// [`crate::attention::causal_attention`]), or `None` when they are switched off or do not cover
+/// the inputs (the caller then takes the composite path).
+pub fn fused_rope_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    window: Option<usize>,
+) -> Result<Option<Tensor>> {
+    use crate::kernels::covers;
+    let ok = fused_kernel("attention")
+        && window != Some(0)
+        && [q, k, v, cos, sin].iter().all(|t| covers(t) && t.dtype() == q.dtype())
+        && q.rank() == 4;
+    if !ok {
+        return Ok(None);
+    }
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    let q = crate::kernels::rope_bshd(q, cos, sin)?;
+    let k = crate::kernels::rope_bshd(k, cos, sin)?;
+    Ok(Some(crate::attention::causal_attention(&q, &k, v, window, scale)?))
 }
 
 /// Per-position negative log-likelihood: `logits` `[.., vocab]`, `targets` `[..]` (u32), aligned
