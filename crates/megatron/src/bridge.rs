@@ -27,6 +27,7 @@ const PACKAGE: &[(&str, &str)] = &[
     ("build.py", include_str!("../../../python/escale_megatron/build.py")),
     ("cpu_shims.py", include_str!("../../../python/escale_megatron/cpu_shims.py")),
     ("train.py", include_str!("../../../python/escale_megatron/train.py")),
+    ("driver.py", include_str!("../../../python/escale_megatron/driver.py")),
 ];
 
 /// A Python interpreter with megatron-core, ready to run bridge commands.
