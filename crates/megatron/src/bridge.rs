@@ -100,6 +100,14 @@ impl Bridge {
         Ok(Bridge { python, package_root: package_root()? })
     }
 
+    /// The bridge in the interpreter `python` (e.g. `escale train --megatron-python`).
+    pub fn with_python(python: PathBuf) -> Result<Bridge> {
+        if !python.is_file() {
+            return Err(MegatronError::NoPython { why: format!("{} is not a file", python.display()) });
+        }
+        Ok(Bridge { python, package_root: package_root()? })
+    }
+
     pub fn python(&self) -> &Path {
         &self.python
     }
