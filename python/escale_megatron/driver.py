@@ -214,7 +214,7 @@ class Run:
 
     def wrap(self):
         """DistributedDataParallel, distributed optimizer and OptimizerParamScheduler."""
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -223,6 +223,11 @@ class Run:
             grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=True
         )
         self.ddp = DistributedDataParallel(config=self.model.config, ddp_config=ddp_config, module=self.model)
+        # The schedule reduces the gradients over the data-parallel ranks (and ties embedding
+        # gradients across pipeline stages) through this hook; without it every rank would step
+        # on its own gradients. no_sync defers the reduction to the last micro-batch.
+        self.model.config.finalize_model_grads_func = finalize_model_grads
+        self.model.config.no_sync_func = self.ddp.no_sync
         dtype = self.model.config.params_dtype
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
