@@ -37,3 +37,22 @@ fn import_of_a_folder_that_is_not_an_export_names_it() {
     assert!(stderr.contains("megatron_model.json") && stderr.contains("--record"), "{stderr}");
     assert!(!Path::new(&out).exists());
 }
+
+#[test]
+fn train_on_megatron_refuses_bad_layouts_and_a_missing_python_with_the_way_out() {
+    let Some(stories) = common::stories() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (model, output) = (stories.to_str().unwrap(), out.to_str().unwrap());
+    let base = ["train", model, "--engine", "megatron", "--data", "/nonexistent/data", "--output", output, "--steps", "3"];
+    // A step (micro_batch x grad_accum sequences) cannot be split over 2 data-parallel ranks.
+    let (code, stderr) = escale(&[&base[..], &["--dp", "2", "--grad-accum", "3"]].concat(), "/nonexistent/python");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("grad_accum") && stderr.contains("multiple of dp = 2"), "{stderr}");
+    let (code, stderr) = escale(&[&base[..], &["--ep", "2"]].concat(), "/nonexistent/python");
+    assert!(code == 1 && stderr.contains("expert parallelism needs an MoE model"), "{stderr}");
+    let (code, stderr) = escale(&base, "/nonexistent/python");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ESCALE_MEGATRON_PYTHON=/nonexistent/python is not a file") && stderr.contains("bash python/setup.sh"), "{stderr}");
+    assert!(!out.exists(), "nothing is written");
+}

@@ -289,6 +289,9 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
 fn run_megatron(cfg: &TrainConfig, python: Option<PathBuf>) -> anyhow::Result<()> {
     use escale_megatron::train::MegatronEvent;
 
+    // Settings the engine cannot carry are refused before looking for Python.
+    let model = escale_formats::ModelConfig::from_file(&cfg.model.join("config.json"))?;
+    escale_megatron::train::check_settings(cfg, &model)?;
     let bridge = match python {
         Some(p) => escale_megatron::Bridge::with_python(p)?,
         None => escale_megatron::Bridge::get()?,
