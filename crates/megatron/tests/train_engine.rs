@@ -145,7 +145,7 @@ fn check_learns_and_reports(cfg: &TrainConfig, summary: &MegatronTrainSummary, w
     assert!(last.val_loss < first.val_loss - 0.1, "{what}: validation loss did not fall ({} -> {})", first.val_loss, last.val_loss);
     for s in &steps {
         let aux = s.aux_loss.expect("MoE steps log the load-balancing loss");
-        assert!(aux >= 0.99 && aux < 4.0, "{what}: step {} aux loss {aux} (Megatron convention: 1 when balanced)", s.step);
+        assert!((0.99..4.0).contains(&aux), "{what}: step {} aux loss {aux} (Megatron convention: 1 when balanced)", s.step);
         assert!(s.z_loss.unwrap() > 0.0);
         let load = s.expert_load.as_ref().unwrap();
         assert_eq!(load.len(), 2, "two MoE layers");
