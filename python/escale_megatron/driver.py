@@ -323,6 +323,10 @@ class Run:
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
         _dist().barrier()
+        # The common part of the checkpoint must be equal on every rank: rank 0's clock decides.
+        shared = [run_state]
+        _dist().broadcast_object_list(shared, src=0)
+        run_state = shared[0]
         model_sd = self.model.sharded_state_dict()
         state = {
             "model": model_sd,
