@@ -6,6 +6,7 @@
     python -m escale_megatron forward --model M.json --checkpoint ITER_DIR --ids IDS.json --out LOGITS.safetensors
     python -m escale_megatron dataset --prefix DATA_PREFIX --seq-len S --samples N --seed N --out OUT.json
     python -m escale_megatron train-steps --model M.json --checkpoint ITER_DIR --ids IDS.json --steps N [optimizer flags]
+    torchrun ... -m escale_megatron train --spec SPEC.json   (escale train --engine megatron; see driver.py)
 
 M.json is the model description escale writes (TransformerConfig and GPTModel arguments);
 S.safetensors holds tensors under megatron-core's local-spec names (`decoder.layers.0.self_attention.linear_qkv.weight`).
@@ -203,9 +204,10 @@ def parser():
     ds.add_argument("--cache", default=None)
     ds.add_argument("--out", required=True)
     ds.set_defaults(fn=cmd_dataset)
-    from .train import add_parser
+    from . import driver, train
 
-    add_parser(sub)
+    train.add_parser(sub)
+    driver.add_parser(sub)
     return p
 
 
@@ -216,8 +218,9 @@ def main(argv=None):
     except BridgeError as e:
         print(f"escale_megatron: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
-    sys.stdout.flush()
+    if result is not None:
+        print(json.dumps(result))
+        sys.stdout.flush()
     return 0
 
 

@@ -51,7 +51,7 @@ enum Command {
     /// Create a randomly initialised model from a config.json (training from scratch).
     Init(cmd::init::Args),
     /// Continued pretraining of a dense or MoE model.
-    Train(cmd::train::Args),
+    Train(Box<cmd::train::Args>),
     /// Run an EfficientScale pipeline described by a YAML file.
     Run(cmd::run::Args),
     /// Run the built-in demo pipeline on the built-in corpus.
@@ -94,7 +94,7 @@ fn main() {
         Command::MakeCorpus(a) => cmd::make_corpus::run(a),
         Command::MakeTasks(a) => cmd::make_tasks::run(a),
         Command::Init(a) => cmd::init::run(a),
-        Command::Train(a) => cmd::train::run(a, subcommand_matches(&matches, "train")),
+        Command::Train(a) => cmd::train::run(*a, subcommand_matches(&matches, "train")),
         Command::Run(a) => cmd::run::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Export(t) => cmd::megatron::run_export(t),

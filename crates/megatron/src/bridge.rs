@@ -27,6 +27,7 @@ const PACKAGE: &[(&str, &str)] = &[
     ("build.py", include_str!("../../../python/escale_megatron/build.py")),
     ("cpu_shims.py", include_str!("../../../python/escale_megatron/cpu_shims.py")),
     ("train.py", include_str!("../../../python/escale_megatron/train.py")),
+    ("driver.py", include_str!("../../../python/escale_megatron/driver.py")),
 ];
 
 /// A Python interpreter with megatron-core, ready to run bridge commands.
@@ -96,6 +97,14 @@ impl Bridge {
     /// Finds the interpreter and unpacks the bridge package; the error says what to run.
     pub fn get() -> Result<Bridge> {
         let python = locate_python()?;
+        Ok(Bridge { python, package_root: package_root()? })
+    }
+
+    /// The bridge in the interpreter `python` (e.g. `escale train --megatron-python`).
+    pub fn with_python(python: PathBuf) -> Result<Bridge> {
+        if !python.is_file() {
+            return Err(MegatronError::NoPython { why: format!("{} is not a file", python.display()) });
+        }
         Ok(Bridge { python, package_root: package_root()? })
     }
 

@@ -8,6 +8,8 @@
 //!   flags and the FlagScale fragment, and the refusals for what megatron-core cannot carry;
 //! * [`export`] / [`import`]: HF folder <-> torch_dist distributed checkpoint written and read by
 //!   megatron-core itself (through [`bridge`]);
+//! * [`train`]: `escale train --engine megatron`, the run executed by megatron-core's own
+//!   training machinery under torchrun, logging like the in-process trainer;
 //! * [`bridge`]: the Python package `python/escale_megatron` (compiled in) and its interpreter.
 //!
 //! Rust decides what goes where; the Python bridge only drives megatron-core.
@@ -19,6 +21,7 @@ pub mod bridge;
 pub mod export;
 pub mod import;
 pub mod mapping;
+pub mod train;
 
 pub use bridge::Bridge;
 pub use export::{export, ExportOptions, ExportReport};

@@ -223,6 +223,9 @@ impl Engine for Escale {
         if self.stop.load(Ordering::SeqCst) {
             return Err(interrupted());
         }
+        if cfg.engine == escale_train::Engine::Megatron {
+            return train_on_megatron(&cfg, on_event);
+        }
         let summary = escale_train::train_until(&cfg, self.stop, on_event)
             .with_context(|| format!("training {} into {}", cfg.model.display(), cfg.output.display()))?;
         // A stopped run is not a finished stage: the runner must not record it as done.
@@ -264,6 +267,39 @@ impl Engine for Escale {
             .with_context(|| format!("scoring the tasks on {}", model.display()))?;
         Ok(report.tasks)
     }
+}
+
+/// `engine: megatron`: the stage's training on megatron-core, through the same library call as
+/// `escale train --engine megatron`; the final checkpoint imported to `<output>/hf` is the
+/// stage's model. Its events are the in-process trainer's records, read from the driver's lines.
+fn train_on_megatron(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Trained> {
+    use escale_megatron::train::{latest_iteration, MegatronEvent, SAVE_DIR};
+    use escale_train::{EvalRecord, StepRecord};
+
+    let resumed = latest_iteration(&cfg.output.join(SAVE_DIR))?.is_some();
+    let bridge = escale_megatron::Bridge::get()?;
+    let summary = escale_megatron::train::train(cfg, &bridge, &mut |ev| match ev {
+        MegatronEvent::Started { start_step, total_steps, resumed_from, .. } => {
+            on_event(TrainEvent::Started { start_step, total_steps, resumed_from })
+        }
+        MegatronEvent::Step(v) => {
+            if let Ok(r) = serde_json::from_value::<StepRecord>(v.clone()) {
+                on_event(TrainEvent::Step(&r));
+            }
+        }
+        MegatronEvent::Eval(v) => {
+            if let Ok(r) = serde_json::from_value::<EvalRecord>(v.clone()) {
+                on_event(TrainEvent::Eval(&r));
+            }
+        }
+        MegatronEvent::Checkpoint { step, path } => on_event(TrainEvent::Checkpoint { step, path }),
+        MegatronEvent::Exporting { .. } | MegatronEvent::Launching { .. } | MegatronEvent::Importing { .. } => {}
+    })
+    .with_context(|| format!("training {} into {} on megatron-core", cfg.model.display(), cfg.output.display()))?;
+    let final_model = summary
+        .final_model
+        .ok_or_else(|| anyhow::anyhow!("the megatron run in {} stopped before its last step", cfg.output.display()))?;
+    Ok(Trained { final_model, tokens: summary.tokens, flops: summary.flops, train_log: summary.train_log, eval_log: summary.eval_log, resumed })
 }
 
 #[cfg(test)]

@@ -136,6 +136,19 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_is_a_block_key_serialised_only_when_not_the_default() {
+        let cfg = block("{engine: megatron, megatron: {dp: 2, launcher: torchrun --nproc-per-node 2}}").config("train").unwrap();
+        assert_eq!((cfg.engine, cfg.megatron.dp, cfg.megatron.tp), (escale_train::Engine::Megatron, 2, 1));
+        // Stage keys hash the serialised settings: in-process stages keep their keys, megatron
+        // stages get their own.
+        let plain = serde_json::to_string(&TrainConfig::default()).unwrap();
+        assert!(!plain.contains(r#""engine""#) && !plain.contains(r#""megatron":"#), "{plain}");
+        assert!(serde_json::to_string(&cfg).unwrap().contains(r#""engine":"megatron""#));
+        let e = block("{megatron: {tpp: 2}}").check("stages[1].train").unwrap_err();
+        assert!(e.0 == "stages[1].train.megatron.tpp" && e.1.starts_with("unknown field `tpp`"), "{e:?}");
+    }
+
+    #[test]
     fn bad_values_and_unknown_keys_name_the_yaml_path() {
         let e = block("{lr: fast}").check("train").unwrap_err();
         assert!(e.0 == "train.lr" && e.1.starts_with("invalid type"), "{e:?}");

@@ -35,6 +35,45 @@ pub enum LossConvention {
     Hf,
 }
 
+/// Which engine executes the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Engine {
+    /// escale's in-process trainer (CPU, candle).
+    #[default]
+    Escale,
+    /// megatron-core's training machinery under torchrun (escale-megatron): GPUs, several nodes.
+    Megatron,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// How the megatron engine lays the run out over processes (`train: {engine: megatron,
+/// megatron: {...}}`); the in-process trainer ignores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MegatronSettings {
+    /// Tensor-parallel size.
+    pub tp: usize,
+    /// Pipeline-parallel size.
+    pub pp: usize,
+    /// Expert-parallel size (MoE; inside the data-parallel ranks).
+    pub ep: usize,
+    /// Data-parallel size; the world size is tp x pp x dp.
+    pub dp: usize,
+    /// The command that starts the ranks (default `torchrun --standalone --nproc-per-node <world>`).
+    pub launcher: Option<String>,
+}
+
+impl Default for MegatronSettings {
+    fn default() -> Self {
+        MegatronSettings { tp: 1, pp: 1, ep: 1, dp: 1, launcher: None }
+    }
+}
+
 /// What to do with checkpoints already in the output folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ResumeMode {
@@ -148,6 +187,13 @@ pub struct TrainConfig {
     /// still match.
     #[serde(skip_serializing_if = "is_false")]
     pub ignore_unknown: bool,
+    /// The engine that runs the training; left out of the YAML when `escale`, so the run
+    /// fingerprints and pipeline stage keys of in-process runs are unchanged.
+    #[serde(skip_serializing_if = "is_default")]
+    pub engine: Engine,
+    /// The megatron engine's layout (`engine: megatron` only).
+    #[serde(skip_serializing_if = "is_default")]
+    pub megatron: MegatronSettings,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -192,6 +238,8 @@ impl Default for TrainConfig {
             stop_after_step: None,
             progress_bar: false,
             ignore_unknown: false,
+            engine: Engine::Escale,
+            megatron: MegatronSettings::default(),
         }
     }
 }
@@ -292,6 +340,8 @@ impl TrainConfig {
         c.progress_bar = false;
         c.ignore_unknown = false;
         c.max_nonfinite_steps = 1;
+        // Where the ranks run is not what they compute (the engine is).
+        c.megatron = MegatronSettings::default();
         escale_util::hash::fnv1a_hex(serde_json::to_string(&c).expect("config serialises").as_bytes())
     }
 }

@@ -25,7 +25,7 @@ pub mod schedule;
 
 #[cfg(feature = "engine")]
 pub use init::init_model;
-pub use config::{LossConvention, ResumeMode, TrainConfig, TrainDType, TrainOnly};
+pub use config::{Engine, LossConvention, MegatronSettings, ResumeMode, TrainConfig, TrainDType, TrainOnly};
 pub use error::{Result, TrainError};
 #[cfg(feature = "engine")]
 pub use optim::{AdamW, AdamWConfig};

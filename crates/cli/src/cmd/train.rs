@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use escale_train::{LossConvention, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
+use escale_train::{Engine, LossConvention, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::flags::choice;
@@ -132,6 +132,33 @@ pub struct Args {
     /// refusing the model.
     #[arg(long)]
     pub ignore_unknown: bool,
+    /// Training engine: escale (in-process, CPU) or megatron (megatron-core's DDP, distributed
+    /// optimizer and schedules under torchrun: GPUs, several nodes; same logs, the final model
+    /// imported to <output>/hf).
+    #[arg(long, value_enum, value_parser = choice::<Engine>(), default_value_t = default().engine)]
+    pub engine: Engine,
+    /// megatron engine: tensor-parallel size.
+    #[arg(long, default_value_t = default().megatron.tp)]
+    pub tp: usize,
+    /// megatron engine: pipeline-parallel size.
+    #[arg(long, default_value_t = default().megatron.pp)]
+    pub pp: usize,
+    /// megatron engine: expert-parallel size (MoE; experts split inside the data-parallel ranks).
+    #[arg(long, default_value_t = default().megatron.ep)]
+    pub ep: usize,
+    /// megatron engine: data-parallel size; the world size is tp x pp x dp, and --grad-accum must
+    /// be a multiple of it (a step stays micro_batch x grad_accum sequences).
+    #[arg(long, default_value_t = default().megatron.dp)]
+    pub dp: usize,
+    /// megatron engine: the command that starts the ranks (default `torchrun --standalone
+    /// --nproc-per-node <tp x pp x dp>`). Several nodes: torchrun's own flags, run on each node,
+    /// e.g. "torchrun --nnodes 2 --node-rank 0 --master-addr host0 --master-port 29500 --nproc-per-node 8".
+    #[arg(long)]
+    pub launcher: Option<String>,
+    /// megatron engine: the Python with megatron-core (default: $ESCALE_MEGATRON_PYTHON, else the
+    /// virtualenv `bash python/setup.sh` creates).
+    #[arg(long)]
+    pub megatron_python: Option<PathBuf>,
 }
 
 /// File settings (or defaults), then every flag given on the command line (`given` holds this
@@ -151,7 +178,14 @@ fn build_config(a: Args, given: &ArgMatches) -> anyhow::Result<TrainConfig> {
         eval_interval <- eval_interval, eval_tokens <- eval_tokens, save_interval <- save_interval,
         keep_checkpoints <- keep_checkpoints, aux_loss_coef <- aux_loss_coef, z_loss_coef <- z_loss_coef,
         moe_loss_convention <- moe_loss_convention, train_only <- train_only,
-        max_nonfinite_steps <- max_nonfinite_steps, dtype <- dtype);
+        max_nonfinite_steps <- max_nonfinite_steps, dtype <- dtype, engine <- engine);
+    macro_rules! set_layout {
+        ($($field:ident),* $(,)?) => { $( if typed(stringify!($field)) { c.megatron.$field = a.$field; } )* };
+    }
+    set_layout!(tp, pp, ep, dp);
+    if a.launcher.is_some() {
+        c.megatron.launcher = a.launcher;
+    }
     macro_rules! set_some {
         ($($field:ident),* $(,)?) => { $( if let Some(v) = a.$field { c.$field = v; } )* };
     }
@@ -188,7 +222,11 @@ fn build_config(a: Args, given: &ArgMatches) -> anyhow::Result<TrainConfig> {
 
 pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
     // The allocator is tuned once in main().
+    let megatron_python = args.megatron_python.clone();
     let cfg = build_config(args, given)?;
+    if cfg.engine == Engine::Megatron {
+        return run_megatron(&cfg, megatron_python);
+    }
     let total = cfg.total_steps()?;
     let bar = if cfg.progress_bar {
         ProgressBar::with_draw_target(Some(total), escale_util::progress::stderr_target(20))
@@ -242,6 +280,58 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
             "interrupted at step {} of {total}; the checkpoint above holds it: run the same command with --resume to continue",
             summary.steps
         );
+    }
+    Ok(())
+}
+
+/// `--engine megatron`: the run on megatron-core ([`escale_megatron::train`]), printed like the
+/// in-process trainer's.
+fn run_megatron(cfg: &TrainConfig, python: Option<PathBuf>) -> anyhow::Result<()> {
+    use escale_megatron::train::MegatronEvent;
+
+    // Settings the engine cannot carry are refused before looking for Python.
+    let model = escale_formats::ModelConfig::from_file(&cfg.model.join("config.json"))?;
+    escale_megatron::train::check_settings(cfg, &model)?;
+    let bridge = match python {
+        Some(p) => escale_megatron::Bridge::with_python(p)?,
+        None => escale_megatron::Bridge::get()?,
+    };
+    let total = cfg.total_steps()?;
+    let summary = escale_megatron::train::train(cfg, &bridge, &mut |ev| match ev {
+        MegatronEvent::Exporting { model } => err!("exporting {} to a Megatron-Core checkpoint", model.display()),
+        MegatronEvent::Launching { command } => err!("starting the ranks: {command}"),
+        MegatronEvent::Started { start_step, total_steps, resumed_from, world_size } => match resumed_from {
+            Some(dir) => err!("resuming from {} (step {start_step} of {total_steps}) on {world_size} ranks", dir.display()),
+            None => err!("training {} for {total_steps} steps on megatron-core, {world_size} ranks", cfg.model.display()),
+        },
+        MegatronEvent::Step(r) => {
+            let step = r["step"].as_u64().unwrap_or(0);
+            if step == 1 || step % 10 == 0 || step == total {
+                let moe = r["aux_loss"].as_f64().map(|a| format!(" aux {a:.3} z {:.3}", r["z_loss"].as_f64().unwrap_or(0.0))).unwrap_or_default();
+                let (loss, lr, speed) = (r["loss"].as_f64().unwrap_or(f64::NAN), r["lr"].as_f64().unwrap_or(0.0), r["tokens_per_s"].as_f64().unwrap_or(0.0));
+                err!("step {step}/{total}: loss {loss:.4}{moe}  lr {lr:.2e}  {speed:.0} tok/s");
+            }
+        }
+        MegatronEvent::Eval(r) => err!("step {}: validation loss {:.4}", r["step"].as_u64().unwrap_or(0), r["val_loss"].as_f64().unwrap_or(f64::NAN)),
+        MegatronEvent::Checkpoint { step, path } => err!("step {step}: checkpoint {}", path.display()),
+        MegatronEvent::Importing { out } => err!("importing the final checkpoint into {}", out.display()),
+    })?;
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    out!(
+        "{} after {} steps, {} tokens, {:.3e} FLOPs, {:.1} s: train loss {}, validation loss {} (best {}), {} skipped steps\ncheckpoint: {}",
+        if summary.stopped_early { "stopped" } else { "done" },
+        summary.steps,
+        summary.tokens,
+        summary.flops,
+        summary.wall_s,
+        fmt(summary.final_train_loss),
+        fmt(summary.final_val_loss),
+        fmt(summary.best_val_loss),
+        summary.skipped_steps,
+        summary.final_checkpoint.display()
+    );
+    if let Some(model) = &summary.final_model {
+        out!("model: {}", model.display());
     }
     Ok(())
 }
