@@ -528,7 +528,7 @@ impl ModelConfig {
         match (&self.moe, self.model_type) {
             (None, _) => false,
             (Some(_), ModelType::Mixtral) => true,
-            (Some(m), _) => (layer + 1) % m.decoder_sparse_step == 0 && !m.mlp_only_layers.contains(&layer),
+            (Some(m), _) => (layer + 1).is_multiple_of(m.decoder_sparse_step) && !m.mlp_only_layers.contains(&layer),
         }
     }
 

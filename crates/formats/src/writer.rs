@@ -138,7 +138,7 @@ fn shard_header(specs: &[&TensorSpec]) -> Vec<u8> {
         offset = end;
     }
     let mut header = serde_json::to_vec(&Value::Object(map)).expect("header serialises");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

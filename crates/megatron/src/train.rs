@@ -103,14 +103,14 @@ pub fn check_settings(cfg: &TrainConfig, model: &ModelConfig) -> Result<()> {
             return Err(config_error(name, "must be at least 1"));
         }
     }
-    if cfg.grad_accum % par.dp != 0 {
+    if !cfg.grad_accum.is_multiple_of(par.dp) {
         return Err(config_error(
             "grad_accum",
             format!("{} is not a multiple of dp = {}: a step is micro_batch x grad_accum sequences, split over the data-parallel ranks", cfg.grad_accum, par.dp),
         ));
     }
     let divides = |what: &str, n: usize, by: usize, flag: &str| -> Result<()> {
-        if n % by != 0 {
+        if !n.is_multiple_of(by) {
             return Err(config_error(flag, format!("{by} does not divide the model's {what} ({n})")));
         }
         Ok(())
@@ -121,7 +121,7 @@ pub fn check_settings(cfg: &TrainConfig, model: &ModelConfig) -> Result<()> {
     match &model.moe {
         Some(m) => {
             divides("experts", m.num_experts, par.ep, "ep")?;
-            if (par.dp * par.tp) % par.ep != 0 {
+            if !(par.dp * par.tp).is_multiple_of(par.ep) {
                 return Err(config_error("ep", format!("{} must divide dp x tp = {} (experts are split inside the data-parallel ranks)", par.ep, par.dp * par.tp)));
             }
         }

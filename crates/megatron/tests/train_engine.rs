@@ -39,7 +39,7 @@ fn documents(count: usize, seed: u64) -> Vec<Vec<u32>> {
     (0..count)
         .map(|_| {
             state = escale_util::rng::splitmix64(state);
-            let (start, step, len) = (2 + (state % 90) as u32, if state % 2 == 0 { 1 } else { 3 }, 20 + (state >> 8) % 30);
+            let (start, step, len) = (2 + (state % 90) as u32, if state.is_multiple_of(2) { 1 } else { 3 }, 20 + (state >> 8) % 30);
             let mut doc: Vec<u32> = (0..len as u32).map(|i| 2 + (start + i * step) % (VOCAB - 2)).collect();
             doc.push(EOD);
             doc

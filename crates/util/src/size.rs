@@ -41,7 +41,7 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = DECIMAL.iter().chain(BINARY.iter()).find(|(_, m)| self.0 >= *m && self.0 % m == 0);
+        let unit = DECIMAL.iter().chain(BINARY.iter()).find(|(_, m)| self.0 >= *m && self.0.is_multiple_of(*m));
         match unit {
             Some((name, m)) => write!(f, "{}{name}", self.0 / m),
             None => write!(f, "{}", self.0),

@@ -69,7 +69,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -81,7 +81,7 @@ fn thousands(n: u64) -> String {
 fn population_zh(k: u32) -> String {
     if k < 10 {
         format!("{k}千")
-    } else if k % 10 == 0 {
+    } else if k.is_multiple_of(10) {
         format!("{}万", k / 10)
     } else {
         format!("{}.{}万", k / 10, k % 10)

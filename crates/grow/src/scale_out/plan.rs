@@ -141,7 +141,7 @@ fn check_sizes(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
     if g == 0 {
         return Err(ScaleOutError::option("--granularity", "must be at least 1"));
     }
-    if src.intermediate_size % g != 0 {
+    if !src.intermediate_size.is_multiple_of(g) {
         return Err(ScaleOutError::option(
             "--granularity",
             format!(
@@ -151,7 +151,7 @@ fn check_sizes(src: &ModelConfig, o: &ScaleOutOptions) -> Result<()> {
             ),
         ));
     }
-    if o.experts % g != 0 {
+    if !o.experts.is_multiple_of(g) {
         return Err(ScaleOutError::option(
             "--granularity",
             format!("{g} does not divide --experts {}; experts form virtual groups of {g} shards", o.experts),
@@ -258,7 +258,7 @@ impl ScaleOutPlan {
             broken.push(msg.to_string());
             self.warnings.push(format!("WARNING: {msg}"));
         }
-        if o.top_k % o.granularity != 0 {
+        if !o.top_k.is_multiple_of(o.granularity) {
             let msg = format!(
                 "--top-k {} is not a multiple of --granularity {}: routing selects partial FFN groups",
                 o.top_k, o.granularity
@@ -270,7 +270,7 @@ impl ScaleOutPlan {
             self.warnings.push(format!("WARNING: {msg}"));
             broken.push(msg.to_string());
         }
-        if self.expert_ffn % 8 != 0 {
+        if !self.expert_ffn.is_multiple_of(8) {
             // Found by the oracle tests: transformers 5 runs experts through torch's grouped_mm,
             // which rejects row strides that are not a multiple of 16 bytes.
             self.warnings.push(format!(

@@ -197,7 +197,7 @@ fn llama_pro(ls: usize, lt: usize) -> Result<DepthMap, String> {
     if new == 0 {
         return Ok(DepthMap { map: (0..ls).collect(), zeroed: vec![false; ls] });
     }
-    if ls % new != 0 {
+    if !ls.is_multiple_of(new) {
         return Err(format!(
             "depth `identity` (LLaMA-Pro) inserts one zeroed copy after every Ls/(Lt-Ls) layers, so the \
              number of new layers ({new}) must divide the source layers ({ls}); use `interpolate-identity` \

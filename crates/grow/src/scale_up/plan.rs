@@ -276,7 +276,7 @@ fn check_growth(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
         }
     }
     let kv = source.num_key_value_heads;
-    if d.heads % kv != 0 {
+    if !d.heads.is_multiple_of(kv) {
         return Err(invalid(
             at,
             format!(
@@ -315,7 +315,7 @@ fn check_target_sizes(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError>
 /// the oracle, transformers 5.24), so escale must not write one; mistral and qwen2 honour the
 /// explicit `head_dim` that `ModelConfig::to_json` writes once the width changes.
 fn check_loadable(source: &ModelConfig, d: Dims) -> Result<(), ScaleUpError> {
-    if source.model_type == escale_formats::ModelType::Llama && d.hidden % d.heads != 0 {
+    if source.model_type == escale_formats::ModelType::Llama && !d.hidden.is_multiple_of(d.heads) {
         let (below, above) = (d.hidden / d.heads * d.heads, d.hidden.div_ceil(d.heads) * d.heads);
         return Err(invalid(
             source.source(),
