@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use escale_formats::{Checkpoint, ModelConfig};
-use escale_train::{LossConvention, MegatronSettings, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainOnly};
+use escale_train::{LossConvention, MegatronSettings, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainOnly, TrainSummary};
 use escale_util::lock::OutputLock;
 use serde_json::{json, Value};
 
@@ -58,22 +58,15 @@ pub enum MegatronEvent<'a> {
     Importing { out: &'a Path },
 }
 
+/// The in-process trainer's summary of the run (the same fields, so reports and the CLI read both
+/// engines alike), plus what only this engine has.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MegatronTrainSummary {
-    pub steps: u64,
-    pub tokens: u64,
-    pub flops: f64,
-    pub final_train_loss: Option<f64>,
-    pub final_val_loss: Option<f64>,
-    pub best_val_loss: Option<f64>,
-    /// Wall time of all sessions of the run (resumes included).
-    pub wall_s: f64,
-    /// The last torch_dist checkpoint (`<output>/megatron/iter_NNNNNNN`).
-    pub final_checkpoint: PathBuf,
+    /// `final_checkpoint` is the last torch_dist checkpoint (`<output>/megatron/iter_NNNNNNN`).
+    #[serde(flatten)]
+    pub run: TrainSummary,
     /// The final checkpoint imported as a Hugging Face folder; `None` when the run stopped early.
     pub final_model: Option<PathBuf>,
-    pub stopped_early: bool,
-    pub skipped_steps: u64,
     pub train_log: PathBuf,
     pub eval_log: PathBuf,
 }
@@ -374,17 +367,19 @@ pub fn train(cfg: &TrainConfig, bridge: &Bridge, on_event: &mut dyn FnMut(Megatr
         Some(out)
     };
     Ok(MegatronTrainSummary {
-        steps: done.steps,
-        tokens: done.tokens,
-        flops: done.flops,
-        final_train_loss: done.final_train_loss,
-        final_val_loss: done.final_val_loss,
-        best_val_loss: done.best_val_loss,
-        wall_s: done.wall_s,
-        final_checkpoint,
+        run: TrainSummary {
+            steps: done.steps,
+            tokens: done.tokens,
+            flops: done.flops,
+            final_train_loss: done.final_train_loss,
+            final_val_loss: done.final_val_loss,
+            best_val_loss: done.best_val_loss,
+            wall_s: done.wall_s,
+            final_checkpoint,
+            stopped_early: done.stopped_early,
+            skipped_steps: done.skipped_steps,
+        },
         final_model,
-        stopped_early: done.stopped_early,
-        skipped_steps: done.skipped_steps,
         train_log: cfg.output.join("train_log.jsonl"),
         eval_log: cfg.output.join("eval_log.jsonl"),
     })

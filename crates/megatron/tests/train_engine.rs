@@ -155,7 +155,7 @@ fn check_learns_and_reports(cfg: &TrainConfig, summary: &MegatronTrainSummary, w
     let curve = escale_pipeline::metrics::read_curve(&summary.train_log, Some(&summary.eval_log)).unwrap();
     assert_eq!(curve.train.len(), steps.len());
     assert_eq!(curve.valid.len(), evals.len());
-    assert_eq!(curve.train.last().unwrap().tokens, summary.tokens);
+    assert_eq!(curve.train.last().unwrap().tokens, summary.run.tokens);
     assert!(curve.train.windows(2).all(|w| w[1].flops > w[0].flops), "FLOPs grow along the run");
     let hf = summary.final_model.as_ref().expect("final model imported");
     assert_eq!(ModelConfig::from_file(&hf.join("config.json")).unwrap().model_type.as_str(), "mixtral");
@@ -194,7 +194,7 @@ fn upcycled_moe_trains_on_two_ranks_and_resumes_exactly() {
     let ep2 = TrainConfig { output: tmp.path().join("ep2"), megatron: MegatronSettings { dp: 2, ep: 2, ..MegatronSettings::default() }, ..base.clone() };
     // Stopped after step 20 (its checkpoint is due then), as a killed run would be, and resumed.
     let stopped = run_megatron(&TrainConfig { stop_after_step: Some(20), ..ep2.clone() }, &bridge);
-    assert!(stopped.stopped_early && stopped.final_model.is_none() && stopped.steps == 20);
+    assert!(stopped.run.stopped_early && stopped.final_model.is_none() && stopped.run.steps == 20);
     let err = megatron_train(&ep2, &bridge, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("--resume"), "a fresh run over checkpoints is refused: {err}");
     let resumed = run_megatron(&TrainConfig { resume: ResumeMode::Resume, ..ep2.clone() }, &bridge);

@@ -299,7 +299,7 @@ fn train_on_megatron(cfg: &TrainConfig, on_event: &mut dyn FnMut(TrainEvent)) ->
     let final_model = summary
         .final_model
         .ok_or_else(|| anyhow::anyhow!("the megatron run in {} stopped before its last step", cfg.output.display()))?;
-    Ok(Trained { final_model, tokens: summary.tokens, flops: summary.flops, train_log: summary.train_log, eval_log: summary.eval_log, resumed })
+    Ok(Trained { final_model, tokens: summary.run.tokens, flops: summary.run.flops, train_log: summary.train_log, eval_log: summary.eval_log, resumed })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use escale_train::{Engine, LossConvention, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly};
+use escale_train::{Engine, LossConvention, ResumeMode, ScheduleKind, TrainConfig, TrainDType, TrainEvent, TrainOnly, TrainSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::flags::choice;
@@ -261,20 +261,7 @@ pub fn run(args: Args, given: &ArgMatches) -> anyhow::Result<()> {
         TrainEvent::Warning(w) => bar.suspend(|| err!("warning: {w}")),
     })?;
     bar.finish_and_clear();
-    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    out!(
-        "{} after {} steps, {} tokens, {:.3e} FLOPs, {:.1} s: train loss {}, validation loss {} (best {}), {} skipped steps\ncheckpoint: {}",
-        if summary.stopped_early { "stopped" } else { "done" },
-        summary.steps,
-        summary.tokens,
-        summary.flops,
-        summary.wall_s,
-        fmt(summary.final_train_loss),
-        fmt(summary.final_val_loss),
-        fmt(summary.best_val_loss),
-        summary.skipped_steps,
-        summary.final_checkpoint.display()
-    );
+    print_summary(&summary);
     if summary.stopped_early && crate::signals::stop_requested() {
         anyhow::bail!(
             "interrupted at step {} of {total}; the checkpoint above holds it: run the same command with --resume to continue",
@@ -316,6 +303,15 @@ fn run_megatron(cfg: &TrainConfig, python: Option<PathBuf>) -> anyhow::Result<()
         MegatronEvent::Checkpoint { step, path } => err!("step {step}: checkpoint {}", path.display()),
         MegatronEvent::Importing { out } => err!("importing the final checkpoint into {}", out.display()),
     })?;
+    print_summary(&summary.run);
+    if let Some(model) = &summary.final_model {
+        out!("model: {}", model.display());
+    }
+    Ok(())
+}
+
+/// The closing line of a run, the same for both engines.
+fn print_summary(summary: &TrainSummary) {
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     out!(
         "{} after {} steps, {} tokens, {:.3e} FLOPs, {:.1} s: train loss {}, validation loss {} (best {}), {} skipped steps\ncheckpoint: {}",
@@ -330,8 +326,4 @@ fn run_megatron(cfg: &TrainConfig, python: Option<PathBuf>) -> anyhow::Result<()
         summary.skipped_steps,
         summary.final_checkpoint.display()
     );
-    if let Some(model) = &summary.final_model {
-        out!("model: {}", model.display());
-    }
-    Ok(())
 }
