@@ -74,8 +74,9 @@ fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Before any tensor is allocated: training frees and reallocates large buffers every step,
-    // and glibc's defaults would return them to the OS and page-fault them back in each time.
-    escale_model::tune_allocator();
+    // and glibc's defaults would return them to the OS and page-fault them back in each time;
+    // and before candle starts its worker pool, whose idle spinning would steal rayon's cores.
+    escale_model::tune_runtime();
     signals::ignore_sigpipe();
     if matches!(cli.command, Command::Train(_) | Command::Run(_) | Command::Demo(_)) {
         // Training stops at the end of a step with a checkpoint; other commands keep the

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernels::{msg, slice, Data, Real};
+use crate::simd;
 
 /// Queries per block: the score block is `BLOCK x keys` and the skipped upper triangle grows as
 /// blocks shrink, while the matmuls get less efficient.
@@ -137,21 +138,22 @@ fn forward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T]) ->
                 let nk = i0 + bq - k0;
                 let sc = &mut sc[..bq * nk];
                 scores(&d, q, k, seq, h, i0, bq, k0, sc, scale);
-                for (r, row) in sc.chunks_mut(nk).enumerate() {
-                    let i = i0 + r;
-                    let (lo, hi) = (op.first_key(i) - k0, i + 1 - k0);
-                    let m = row[lo..hi].iter().fold(T::NEG_INF, |a, &x| a.max_(x));
-                    let mut sum = T::c0();
-                    for x in &mut row[lo..hi] {
-                        *x = (*x - m).exp_();
-                        sum += *x;
-                    }
-                    let inv = T::c1() / sum;
-                    row[lo..hi].iter_mut().for_each(|x| *x *= inv);
-                    row[..lo].iter_mut().for_each(|x| *x = T::c0());
-                    row[hi..].iter_mut().for_each(|x| *x = T::c0());
-                    lse[i] = m + sum.ln_();
-                }
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (r, row) in sc.chunks_mut(nk).enumerate() {
+                            let i = i0 + r;
+                            let (lo, hi) = (op.first_key(i) - k0, i + 1 - k0);
+                            let m = simd::max_of(&row[lo..hi]);
+                            let sum = simd::exp_shifted_sum(&mut row[lo..hi], m);
+                            let inv = T::c1() / sum;
+                            row[lo..hi].iter_mut().for_each(|x| *x *= inv);
+                            row[..lo].fill(T::c0());
+                            row[hi..].fill(T::c0());
+                            lse[i] = m + sum.ln_();
+                        }
+                    },
+                );
                 let v_off = ((seq * s + k0) * d.nkv + kvh) * hd;
                 // SAFETY: o rows i0..i0+bq, sc [bq x nk], v rows k0..k0+nk of this kv head are in bounds.
                 unsafe {
@@ -204,7 +206,7 @@ fn backward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T], o
                     scores(&d, q, k, seq, h, i0, bq, k0, p, scale);
                     for (r, ddr) in dd[..bq].iter_mut().enumerate() {
                         let at = q_off + r * qs;
-                        *ddr = go[at..at + hd].iter().zip(&o[at..at + hd]).fold(T::c0(), |a, (&x, &y)| a + x * y);
+                        *ddr = simd::dot(&go[at..at + hd], &o[at..at + hd]);
                     }
                     // SAFETY (all mm calls below): the row ranges i0..i0+bq (queries, dO) and
                     // k0..k0+nk (keys, values, dk, dv) of this head are in bounds of their slices;
@@ -213,20 +215,25 @@ fn backward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T], o
                         // dP = dO v^T
                         mm(bq, nk, hd, ds.as_mut_ptr(), nk, false, go[q_off..].as_ptr(), 1, qs, v[kv_off..].as_ptr(), ks, 1, T::c1());
                     }
-                    for (r, (prow, dsrow)) in p.chunks_mut(nk).zip(ds.chunks_mut(nk)).enumerate() {
-                        let i = i0 + r;
-                        let (lo, hi) = (op.first_key(i) - k0, i + 1 - k0);
-                        let (li, dr) = (lse[i], dd[r]);
-                        for (pc, dc) in prow[lo..hi].iter_mut().zip(&mut dsrow[lo..hi]) {
-                            let pv = (*pc - li).exp_();
-                            *pc = pv;
-                            *dc = pv * (*dc - dr) * scale;
-                        }
-                        for row in [&mut *prow, &mut *dsrow] {
-                            row[..lo].fill(T::c0());
-                            row[hi..].fill(T::c0());
-                        }
-                    }
+                    simd::dispatch(
+                        #[inline(always)]
+                        || {
+                            for (r, (prow, dsrow)) in p.chunks_mut(nk).zip(ds.chunks_mut(nk)).enumerate() {
+                                let i = i0 + r;
+                                let (lo, hi) = (op.first_key(i) - k0, i + 1 - k0);
+                                let (li, dr) = (lse[i], dd[r]);
+                                for (pc, dc) in prow[lo..hi].iter_mut().zip(&mut dsrow[lo..hi]) {
+                                    let pv = (*pc - li).exp_fast();
+                                    *pc = pv;
+                                    *dc = pv * (*dc - dr) * scale;
+                                }
+                                for row in [&mut *prow, &mut *dsrow] {
+                                    row[..lo].fill(T::c0());
+                                    row[hi..].fill(T::c0());
+                                }
+                            }
+                        },
+                    );
                     unsafe {
                         // dV[k0..] += P^T dO
                         mm(nk, hd, bq, dv[k0 * hd..].as_mut_ptr(), hd, true, p.as_ptr(), nk, 1, go[q_off..].as_ptr(), 1, qs, T::c1());

@@ -48,81 +48,28 @@ mod num_ops {
     impl Ops for f64 {}
 }
 
-impl Float for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-    fn max_of(z: &[Self]) -> Self {
-        z.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-    }
-    fn exp_shifted(z: &mut [Self], shift: Self) -> Self {
-        let mut sum = 0.0;
-        for x in z.iter_mut() {
-            *x = (*x - shift).exp();
-            sum += *x;
-        }
-        sum
-    }
-}
-
-/// Lanes of the f32 loops: independent accumulators, so the compiler can vectorise the reductions.
-const LANES: usize = 16;
-
-impl Float for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-    fn max_of(z: &[Self]) -> Self {
-        let mut acc = [f32::NEG_INFINITY; LANES];
-        let mut chunks = z.chunks_exact(LANES);
-        for c in &mut chunks {
-            for i in 0..LANES {
-                acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+/// Both dtypes share the lane-split loops of [`crate::simd`] (f32's exp there is the vectorisable one).
+macro_rules! float_impl {
+    ($t:ty) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn max_of(z: &[Self]) -> Self {
+                crate::simd::max_of(z)
+            }
+            #[inline(always)]
+            fn exp_shifted(z: &mut [Self], shift: Self) -> Self {
+                crate::simd::exp_shifted_sum(z, shift)
             }
         }
-        chunks.remainder().iter().chain(&acc).copied().fold(f32::NEG_INFINITY, f32::max)
-    }
-    fn exp_shifted(z: &mut [Self], shift: Self) -> Self {
-        let mut acc = [0f32; LANES];
-        let mut chunks = z.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for i in 0..LANES {
-                c[i] = exp_f32(c[i] - shift);
-                acc[i] += c[i];
-            }
-        }
-        let mut sum: f32 = acc.iter().sum();
-        for x in chunks.into_remainder() {
-            *x = exp_f32(*x - shift);
-            sum += *x;
-        }
-        sum
-    }
+    };
 }
-
-/// `e^x` for `x <= 0` (a logit minus its row's max or logsumexp), branch-free so that the loops above vectorise;
-/// `libm`'s `expf` is a call per element. `e^x = 2^n * e^r` with `n = round(x / ln 2)`, `|r| <= ln(2) / 2`, and
-/// `e^r` by its degree-6 Taylor polynomial (truncation below 1.2e-7 relative, about 1 ulp). Inputs below -87 give
-/// `e^-87` (~1.6e-38) rather than 0 or a denormal: no effect on a sum of probabilities that includes 1.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Round to nearest by the 1.5 * 2^23 trick (exact for |v| < 2^22).
-    const ROUND: f32 = 12_582_912.0;
-    // Written so that NaN passes through (to a NaN loss the trainer skips), not clamped to a number.
-    let x = if x < -87.0 { -87.0 } else { x };
-    let x = if x > 88.0 { 88.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
+float_impl!(f32);
+float_impl!(f64);
 
 /// A strided 2-D matrix in a storage slice (`data` starts at the layout's offset).
 #[derive(Clone, Copy)]
@@ -210,6 +157,7 @@ fn chunk_rows(n: usize, v: usize, chunk_elems: usize) -> usize {
 
 /// One row of logits `z` (a scratch buffer: overwritten) with target `t`: returns `(nll, lse)`. With a scale `g`,
 /// leaves `g * (softmax(z) - onehot(t))` in `z`. `lse_known` skips the reduction (the backward's recomputation).
+#[inline(always)]
 fn row_kernel<T: Float>(z: &mut [T], t: usize, g: Option<T>, lse_known: Option<T>) -> (T, T) {
     let zt = z[t];
     let (lse, inv_sum) = match lse_known {
@@ -252,7 +200,10 @@ fn head_pass<T: Float>(h: Mat<T>, w: Mat<T>, targets: &[u32], scale: RowScale<T>
         let rows = buf.par_chunks_mut(v).zip(nll[r0..r0 + c].par_iter_mut()).zip(lse[r0..r0 + c].par_iter_mut());
         rows.enumerate().for_each(|(i, ((z, nll), lse))| {
             let r = r0 + i;
-            let (a, b) = row_kernel(z, targets[r] as usize, scale.get(r), lse_known.map(|l| l[r]));
+            let (a, b) = crate::simd::dispatch(
+                #[inline(always)]
+                || row_kernel(z, targets[r] as usize, scale.get(r), lse_known.map(|l| l[r])),
+            );
             *nll = a;
             *lse = b;
         });
@@ -588,24 +539,6 @@ mod tests {
         for p in [h.as_tensor(), w.as_tensor()] {
             assert!(max_diff(g1.get(p).unwrap(), g2.get(p).unwrap()) < 1e-14);
         }
-    }
-
-    /// The vectorisable f32 exp against f64's, over the range a shifted logit takes.
-    #[test]
-    fn fast_exp_is_within_two_ulp() {
-        let mut worst = 0f64;
-        for i in 0..200_000 {
-            let x = -(i as f32) * 4.4e-4; // 0 down to -88
-            let want = (x as f64).exp();
-            let got = exp_f32(x) as f64;
-            if want > 1e-37 {
-                worst = worst.max((got - want).abs() / want);
-            }
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(f32::NEG_INFINITY) < 2e-38 && exp_f32(-1e30) >= 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
     }
 
     /// A non-finite hidden state must give a non-finite loss (the trainer skips such steps), in both dtypes.

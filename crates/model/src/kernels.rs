@@ -16,14 +16,18 @@
 //! * RoPE `y_i = x_i cos_i + rot(x)_i sin_i`: `dx = g cos + rot^T(g sin)`, the inverse rotation.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::simd;
 
 /// The float types the kernels are written for (f32 for training, f64 for gradient checks).
 pub(crate) trait Real: WithDType + PartialOrd + Send + Sync + 'static {
     const NEG_INF: Self;
-    fn exp_(self) -> Self;
+    /// `e^x`, vectorisable: [`crate::simd::exp_f32`] in f32 (about 1 ulp), `exp` in f64.
+    fn exp_fast(self) -> Self;
     fn sqrt_(self) -> Self;
     fn ln_(self) -> Self;
     fn max_(self, other: Self) -> Self;
@@ -37,11 +41,17 @@ pub(crate) trait Real: WithDType + PartialOrd + Send + Sync + 'static {
 }
 
 macro_rules! real_impl {
-    ($t:ty) => {
+    (@exp_fast f32, $x:expr) => {
+        crate::simd::exp_f32($x)
+    };
+    (@exp_fast f64, $x:expr) => {
+        $x.exp()
+    };
+    ($t:tt) => {
         impl Real for $t {
             const NEG_INF: Self = <$t>::NEG_INFINITY;
-            fn exp_(self) -> Self {
-                self.exp()
+            fn exp_fast(self) -> Self {
+                real_impl!(@exp_fast $t, self)
             }
             fn sqrt_(self) -> Self {
                 self.sqrt()
@@ -215,28 +225,43 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 struct SwiGlu;
 
 fn swiglu_fwd<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    let mut y = vec![T::c0(); gate.len()];
-    y.par_chunks_mut(16384).zip(gate.par_chunks(16384).zip(up.par_chunks(16384))).for_each(|(yc, (gc, uc))| {
-        for ((o, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
-            *o = g / (T::c1() + (T::c0() - g).exp_()) * u;
-        }
+    let mut y = Vec::with_capacity(gate.len());
+    y.spare_capacity_mut().par_chunks_mut(16384).zip(gate.par_chunks(16384).zip(up.par_chunks(16384))).for_each(|(yc, (gc, uc))| {
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for ((o, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
+                    o.write(g / (T::c1() + (T::c0() - g).exp_fast()) * u);
+                }
+            },
+        )
     });
+    // SAFETY: the loop above wrote every element (the chunks cover the whole capacity, gate.len()).
+    unsafe { y.set_len(gate.len()) };
     y
 }
 
-fn swiglu_bwd<T: Real>(gate: &[T], up: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
-    let mut dg = vec![T::c0(); gate.len()];
-    let mut du = vec![T::c0(); gate.len()];
+/// SwiGLU's backward in place: `gate` becomes `dgate` and `up` becomes `dup`, for upstream `dy`.
+fn swiglu_bwd_in_place<T: Real>(gate: &mut [T], up: &mut [T], dy: &[T]) {
     let c = 16384;
-    dg.par_chunks_mut(c).zip(du.par_chunks_mut(c)).zip(gate.par_chunks(c).zip(up.par_chunks(c)).zip(dy.par_chunks(c))).for_each(
-        |((dgc, duc), ((gc, uc), dyc))| {
-            for ((((dgi, dui), &g), &u), &d) in dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc).zip(dyc) {
-                let s = T::c1() / (T::c1() + (T::c0() - g).exp_());
-                *dui = d * g * s;
-                *dgi = d * u * s * (T::c1() + g * (T::c1() - s));
-            }
-        },
-    );
+    gate.par_chunks_mut(c).zip(up.par_chunks_mut(c)).zip(dy.par_chunks(c)).for_each(|((gc, uc), dyc)| {
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for ((gi, ui), &d) in gc.iter_mut().zip(uc.iter_mut()).zip(dyc) {
+                    let (g, u) = (*gi, *ui);
+                    let s = T::c1() / (T::c1() + (T::c0() - g).exp_fast());
+                    *ui = d * g * s;
+                    *gi = d * u * s * (T::c1() + g * (T::c1() - s));
+                }
+            },
+        )
+    });
+}
+
+fn swiglu_bwd<T: Real>(gate: &[T], up: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut dg, mut du) = (gate.to_vec(), up.to_vec());
+    swiglu_bwd_in_place(&mut dg, &mut du, dy);
     (dg, du)
 }
 
@@ -284,6 +309,118 @@ impl CustomOp2 for SwiGlu {
 /// Fused `silu(gate) * up` (both contiguous, same shape), with backward for both.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(gate.apply_op2(up, SwiGlu)?)
+}
+
+// ---------------------------------------------------------------- SwiGLU MLP, input side
+
+/// `silu(x wg^T) * (x wu^T)` for `wg`, `wu` `[ffn, in]`: an MLP's gate and up projections and their
+/// SwiGLU as one graph node. Apart, they are three nodes whose `[tokens, ffn]` outputs each get a
+/// zero-filled gradient buffer and an add in candle's backward, and whose three input gradients
+/// are summed by two more adds; here the backward turns the kept projections into their gradients
+/// in place and sums `dx` inside the gemms.
+struct GatedUp {
+    /// Keep the projections `(x wg^T, x wu^T)` for the backward (some input is on a graph);
+    /// otherwise, or when a second backward finds them taken, the backward recomputes them.
+    keep: bool,
+    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
+}
+
+fn gated_up_fwd<T: Real>(x: &[T], wg: &[T], wu: &[T], din: usize, dff: usize) -> (Vec<T>, (Vec<T>, Vec<T>)) {
+    let (g, u) = (linear_fwd(x, wg, din, dff), linear_fwd(x, wu, din, dff));
+    (swiglu_fwd(&g, &u), (g, u))
+}
+
+/// `(dx, dwg, dwu)` from the projections `g`, `u` (consumed: they become `dgate`, `dup`).
+fn gated_up_bwd<T: Real>(x: &[T], wg: &[T], wu: &[T], (mut g, mut u): (Vec<T>, Vec<T>), dh: &[T], din: usize, dff: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
+    swiglu_bwd_in_place(&mut g, &mut u, dh);
+    let n = x.len() / din;
+    // SAFETY: dx [n, din] = dg [n, dff] wg [dff, din] + du wu, the second gemm accumulating onto the
+    // first's full write; dw* [dff, din] = d*^T [dff, n] x [n, din], each written in full.
+    unsafe {
+        let dx = written_by(n * din, |dx| {
+            matmul_into(n, din, dff, dx, false, &g, 1, dff, wg, 1, din);
+            matmul_into(n, din, dff, dx, true, &u, 1, dff, wu, 1, din);
+        });
+        let dwg = written_by(dff * din, |d| matmul_into(dff, din, n, d, false, &g, dff, 1, x, 1, din));
+        let dwu = written_by(dff * din, |d| matmul_into(dff, din, n, d, false, &u, dff, 1, x, 1, din));
+        (dx, dwg, dwu)
+    }
+}
+
+impl GatedUp {
+    fn fwd<T: Real>(&self, x: &[T], wg: &[T], wu: &[T], din: usize, dff: usize) -> candle_core::Result<CpuStorage> {
+        let (h, (g, u)) = gated_up_fwd(x, wg, wu, din, dff);
+        let kept = self.keep.then(|| (T::to_cpu_storage_owned(g), T::to_cpu_storage_owned(u)));
+        *self.saved.lock().map_err(|_| msg("fused gated_up: poisoned lock"))? = kept;
+        Ok(T::to_cpu_storage_owned(h))
+    }
+
+    fn bwd_t<T: Real>(&self, x: &Tensor, wg: &Tensor, wu: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dff, din) = wg.dims2()?;
+        let (xd, gd, ud, dd) = (Data::of(x)?, Data::of(wg)?, Data::of(wu)?, Data::of(grad)?);
+        let (xs, wgs, wus) = (xd.get::<T>()?, gd.get::<T>()?, ud.get::<T>()?);
+        let saved = self.saved.lock().map_err(|_| msg("fused gated_up: poisoned lock"))?.take();
+        let proj = match saved {
+            Some((g, u)) => (T::cpu_storage_data(g)?, T::cpu_storage_data(u)?),
+            None => (linear_fwd(xs, wgs, din, dff), linear_fwd(xs, wus, din, dff)),
+        };
+        let (dx, dwg, dwu) = gated_up_bwd(xs, wgs, wus, proj, dd.get::<T>()?, din, dff);
+        Ok((Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dwg, wg.shape(), wg.device())?, Tensor::from_vec(dwu, wu.shape(), wu.device())?))
+    }
+}
+
+impl CustomOp3 for GatedUp {
+    fn name(&self) -> &'static str {
+        "escale-gated-up"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (din, dff, shape) = linear_dims(l1, l2)?;
+        if l3.dims() != l2.dims() {
+            return Err(msg(&format!("fused gated_up: gate {:?} and up {:?} weights differ in shape", l2.dims(), l3.dims())));
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                self.fwd::<f32>(slice(s1, l1, "gated_up")?, slice(s2, l2, "gated_up")?, slice(s3, l3, "gated_up")?, din, dff)?
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                self.fwd::<f64>(slice(s1, l1, "gated_up")?, slice(s2, l2, "gated_up")?, slice(s3, l3, "gated_up")?, din, dff)?
+            }
+            _ => return Err(msg("fused gated_up: f32 or f64 inputs of one dtype")),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wg: &Tensor,
+        wu: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, wg, wu, grad) = (x.contiguous()?, wg.contiguous()?, wu.contiguous()?, grad.contiguous()?);
+        let (dx, dwg, dwu) = match x.dtype() {
+            DType::F32 => self.bwd_t::<f32>(&x, &wg, &wu, &grad)?,
+            _ => self.bwd_t::<f64>(&x, &wg, &wu, &grad)?,
+        };
+        Ok((Some(dx), Some(dwg), Some(dwu)))
+    }
+}
+
+/// Fused `silu(x wg^T) * (x wu^T)` for `x [.., in]` and `wg`, `wu` `[ffn, in]` (all contiguous, one
+/// dtype), with backward for all three.
+pub fn gated_up(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
+    let keep = x.track_op() || wg.track_op() || wu.track_op();
+    Ok(x.apply_op3(wg, wu, GatedUp { keep, saved: Mutex::new(None) })?)
 }
 
 // ---------------------------------------------------------------- RoPE
@@ -408,29 +545,29 @@ fn threads() -> gemm::Parallelism {
     }
 }
 
-/// `dst [m x n] = lhs [m x k] rhs [k x n]`, operands by pointer and (column, row) strides, on the
-/// rayon pool.
+/// `dst [m x n] (+)= lhs [m x k] rhs [k x n]` (`accumulate`: add to what `dst` holds), operands by
+/// pointer and (column, row) strides, on the rayon pool.
 ///
 /// # Safety
-/// Every operand must hold the elements its strides address.
+/// Every operand must hold the elements its strides address; without `accumulate`, `dst` may be
+/// uninitialised (gemm does not read it).
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul_into<T: Real>(m: usize, n: usize, k: usize, dst: &mut [T], lhs: &[T], lhs_cs: usize, lhs_rs: usize, rhs: &[T], rhs_cs: usize, rhs_rs: usize) {
-    debug_assert!(dst.len() >= m * n);
+unsafe fn matmul_into<T: Real>(m: usize, n: usize, k: usize, dst: *mut T, accumulate: bool, lhs: &[T], lhs_cs: usize, lhs_rs: usize, rhs: &[T], rhs_cs: usize, rhs_rs: usize) {
     gemm::gemm(
         m,
         n,
         k,
-        dst.as_mut_ptr(),
+        dst,
         1,
         n as isize,
-        false,
+        accumulate,
         lhs.as_ptr(),
         lhs_cs as isize,
         lhs_rs as isize,
         rhs.as_ptr(),
         rhs_cs as isize,
         rhs_rs as isize,
-        T::c0(),
+        T::c1(),
         T::c1(),
         false,
         false,
@@ -439,24 +576,35 @@ unsafe fn matmul_into<T: Real>(m: usize, n: usize, k: usize, dst: &mut [T], lhs:
     )
 }
 
+/// A buffer of `len` values that `fill` writes in full through the pointer it is given (a gemm that
+/// does not read its destination), without zero-filling it first: on the standard training config
+/// the zero-fills of buffers about to be overwritten were a measurable share of a step (issue 16).
+///
+/// # Safety
+/// `fill` must write all `len` elements.
+unsafe fn written_by<T: Real>(len: usize, fill: impl FnOnce(*mut T)) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    fill(v.spare_capacity_mut().as_mut_ptr().cast::<T>());
+    v.set_len(len);
+    v
+}
+
 fn linear_fwd<T: Real>(x: &[T], w: &[T], din: usize, dout: usize) -> Vec<T> {
     let n = x.len() / din;
-    let mut y = vec![T::c0(); n * dout];
-    // SAFETY: x is [n, din], w is [dout, din] read as w^T [din, dout] (column stride din), y [n, dout].
-    unsafe { matmul_into(n, dout, din, &mut y, x, 1, din, w, din, 1) };
-    y
+    // SAFETY: x is [n, din], w is [dout, din] read as w^T [din, dout] (column stride din); the gemm
+    // writes all of y [n, dout].
+    unsafe { written_by(n * dout, |y| matmul_into(n, dout, din, y, false, x, 1, din, w, din, 1)) }
 }
 
 fn linear_bwd<T: Real>(x: &[T], w: &[T], g: &[T], din: usize, dout: usize) -> (Vec<T>, Vec<T>) {
     let n = x.len() / din;
-    let mut dx = vec![T::c0(); n * din];
-    let mut dw = vec![T::c0(); dout * din];
-    // SAFETY: dx [n, din] = g [n, dout] w [dout, din]; dw [dout, din] = g^T [dout, n] x [n, din].
+    // SAFETY: dx [n, din] = g [n, dout] w [dout, din]; dw [dout, din] = g^T [dout, n] x [n, din];
+    // each gemm writes its whole destination.
     unsafe {
-        matmul_into(n, din, dout, &mut dx, g, 1, dout, w, 1, din);
-        matmul_into(dout, din, n, &mut dw, g, dout, 1, x, 1, din);
+        let dx = written_by(n * din, |dx| matmul_into(n, din, dout, dx, false, g, 1, dout, w, 1, din));
+        let dw = written_by(dout * din, |dw| matmul_into(dout, din, n, dw, false, g, dout, 1, x, 1, din));
+        (dx, dw)
     }
-    (dx, dw)
 }
 
 fn linear_dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, Shape)> {
@@ -613,6 +761,26 @@ pub(crate) mod tests {
         }
         let inputs = [var(&[5, 7], 7, DType::F64), var(&[5, 7], 8, DType::F64)];
         matches_finite_differences(&inputs, &|x| swiglu(&x[0], &x[1]).unwrap());
+    }
+
+    #[test]
+    fn gated_up_matches_linear_then_swiglu_and_finite_differences() {
+        let composite = |x: &[Tensor]| {
+            let proj = |w: &Tensor| x[0].broadcast_matmul(&w.t().unwrap()).unwrap();
+            ops::swiglu_composite(&proj(&x[1]), &proj(&x[2])).unwrap()
+        };
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-13)] {
+            let inputs = [var(&[2, 37, 19], 21, dtype), var(&[23, 19], 22, dtype), var(&[23, 19], 23, dtype)];
+            same_as_composite(&inputs, &|x| gated_up(&x[0], &x[1], &x[2]).unwrap(), &composite, tol);
+        }
+        let inputs = [var(&[5, 6], 24, DType::F64), var(&[4, 6], 25, DType::F64), var(&[4, 6], 26, DType::F64)];
+        matches_finite_differences(&inputs, &|x| gated_up(&x[0], &x[1], &x[2]).unwrap());
+        // A second backward through the same graph finds the kept projections taken and recomputes them.
+        let y = gated_up(inputs[0].as_tensor(), inputs[1].as_tensor(), inputs[2].as_tensor()).unwrap().sum_all().unwrap();
+        let (g1, g2) = (y.backward().unwrap(), y.backward().unwrap());
+        for v in &inputs {
+            assert!(max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()) < 1e-14);
+        }
     }
 
     /// Tables that differ in their two halves, so a kernel that assumed duplicated halves would fail.

@@ -31,6 +31,8 @@ pub mod precision;
 #[cfg(feature = "engine")]
 pub mod rope;
 #[cfg(feature = "engine")]
+mod simd;
+#[cfg(feature = "engine")]
 pub mod text;
 
 #[cfg(feature = "engine")]
@@ -44,6 +46,28 @@ pub use model::{ForwardOutput, HiddenOutput, KvCache, Model};
 #[cfg(feature = "engine")]
 pub use ops::{cross_entropy, next_token_loss, token_nll};
 pub use precision::Precision;
+
+/// Process start-up tuning for CPU training and inference: [`tune_allocator`] and
+/// [`quiet_idle_workers`]. Call once at start-up, before any tensor work.
+pub fn tune_runtime() {
+    tune_allocator();
+    quiet_idle_workers();
+}
+
+/// How long candle's element-wise worker threads spin waiting for the next op before they sleep,
+/// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set. candle's default (25,000 pauses, about a
+/// millisecond) suits a machine with cores to spare; here its workers share the cores with rayon's
+/// (the matmuls and fused kernels), and on 2 cores their spinning cost 13% of the standard
+/// training step's throughput (issue 16, interleaved A/B). 500 pauses still bridge the gap between
+/// back-to-back element-wise ops. Takes effect when candle first starts its pool, so call it
+/// before any tensor work.
+pub fn quiet_idle_workers() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Only ever called from the main thread at start-up, before worker threads read the
+        // environment.
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500");
+    }
+}
 
 /// Raises glibc's mmap / trim thresholds so the large tensors a training step frees are reused
 /// instead of returned to the OS and page-faulted in again on the next step (measured in

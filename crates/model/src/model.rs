@@ -45,7 +45,14 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = ops::swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
+        let fused = match (&self.gate.b, &self.up.b) {
+            (None, None) => ops::fused_gated_up(x, &param(&self.gate.w), &param(&self.up.w))?,
+            _ => None,
+        };
+        let h = match fused {
+            Some(h) => h,
+            None => ops::swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?,
+        };
         self.down.forward(&h)
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn fused() -> bool {
     FUSED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Whether the fused kernel `name` (`rms_norm`, `swiglu`, `linear`, `attention`) is on: the
+/// Whether the fused kernel `name` (`rms_norm`, `swiglu`, `gated_up`, `linear`, `attention`) is on: the
 /// process-wide switch, less any named in the `ESCALE_FUSED_OFF` environment variable (a comma
 /// list, read once). The variable exists to measure each kernel's share of a training step with one
 /// binary; the default is every kernel on.
@@ -131,6 +131,18 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     } else {
         swiglu_composite(gate, up)
     }
+}
+
+/// An MLP's input side `silu(x wg^T) * (x wu^T)` (weights `[ffn, in]`, no biases) as one fused node
+/// ([`crate::kernels::gated_up`]), or `None` when the kernels are off or do not cover the operands
+/// (the caller then composes [`linear`] and [`swiglu`]).
+pub fn fused_gated_up(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Option<Tensor>> {
+    use crate::kernels::covers;
+    let ok = fused_kernel("gated_up")
+        && [x, wg, wu].iter().all(|t| covers(t) && t.dtype() == x.dtype())
+        && wg.rank() == 2
+        && wg.shape() == wu.shape();
+    Ok(if ok { Some(crate::kernels::gated_up(x, wg, wu)?) } else { None })
 }
 
 /// `silu(gate) * up` from candle-core ops (`silu` has a backward): the fused kernel's reference.

@@ -18,7 +18,7 @@ use escale_train::{train, TrainConfig, TrainEvent};
 use serde_json::json;
 
 fn main() {
-    escale_train::tune_allocator();
+    escale_train::tune_runtime();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut opt: HashMap<String, f64> = [
         ("steps", 10.0), ("warmup", 2.0), ("hidden", 256.0), ("layers", 6.0), ("heads", 8.0), ("kv-heads", 4.0),

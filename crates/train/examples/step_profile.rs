@@ -8,7 +8,7 @@ use escale_model::Model;
 use escale_train::{AdamW, AdamWConfig};
 
 fn main() {
-    escale_train::tune_allocator();
+    escale_train::tune_runtime();
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(&args[1]);
     let seq: usize = args.get(2).map_or(256, |s| s.parse().unwrap());

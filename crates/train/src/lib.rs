@@ -40,4 +40,4 @@ pub use trainer::{evaluate, train, train_until, EvalRecord, StepRecord, TrainEve
 
 /// The allocator setting training wants, re-exported from the model engine (one definition).
 #[cfg(feature = "engine")]
-pub use escale_model::tune_allocator;
+pub use escale_model::{tune_allocator, tune_runtime};
