@@ -24,21 +24,24 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::kernels::{msg, slice, Data, Real};
+use crate::kernels::{msg, rope_rows, slice, Data, Real};
 use crate::simd;
 
 /// Queries per block: the score block is `BLOCK x keys` and the skipped upper triangle grows as
 /// blocks shrink, while the matmuls get less efficient.
 const BLOCK: usize = 64;
 
-#[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    s: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
+/// Sizes of one attention call: batch, sequence, query heads, kv heads, head dim.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionDims {
+    pub b: usize,
+    pub s: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
 }
+
+type Dims = AttentionDims;
 
 impl Dims {
     fn group(&self) -> usize {
@@ -47,11 +50,22 @@ impl Dims {
 }
 
 struct CausalAttention {
+    d: Dims,
     window: Option<usize>,
     scale: f64,
-    /// Per-row log-sum-exp of the scaled, masked scores `[batch, heads, seq]`, kept by the forward
-    /// for the backward.
-    lse: Mutex<Option<CpuStorage>>,
+    /// RoPE tables `(cos, sin)` `[seq, head_dim]` applied to q and k inside the op (constants: no
+    /// gradient), or none when the inputs arrive rotated.
+    rope: Option<(Tensor, Tensor)>,
+    /// Keep the rotated q and k for the backward (some input is on a graph); else it recomputes them.
+    keep: bool,
+    /// What the forward leaves for the backward: per-row log-sum-exp of the scaled, masked scores
+    /// `[batch, heads, seq]`, and the rotated `(q, k)` when kept.
+    saved: Mutex<Option<Saved>>,
+}
+
+struct Saved {
+    lse: CpuStorage,
+    roped: Option<(CpuStorage, CpuStorage)>,
 }
 
 impl CausalAttention {
@@ -266,18 +280,65 @@ fn backward<T: Real>(op: &CausalAttention, d: Dims, q: &[T], k: &[T], v: &[T], o
     (dq_all, dk_all, dv_all)
 }
 
-fn dims(lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<Dims> {
-    let (b, s, nh, hd) = lq.shape().dims4()?;
-    let (bk, sk, nkv, hdk) = lk.shape().dims4()?;
-    if (bk, sk, hdk) != (b, s, hd) || lv.dims() != lk.dims() || nkv == 0 || nh % nkv != 0 {
-        return Err(msg(&format!(
-            "fused attention: q {:?}, k {:?}, v {:?} are not [b, s, heads, hd] with heads a multiple of kv heads",
-            lq.dims(),
-            lk.dims(),
-            lv.dims()
-        )));
+impl CausalAttention {
+    fn check(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<()> {
+        let d = self.d;
+        let counts = [lq, lk, lv].map(|l| l.shape().elem_count());
+        if d.nkv == 0 || d.nh % d.nkv != 0 || counts != [d.b * d.s * d.nh * d.hd, d.b * d.s * d.nkv * d.hd, d.b * d.s * d.nkv * d.hd] {
+            return Err(msg(&format!(
+                "fused attention: q {:?}, k {:?}, v {:?} do not hold [b, s, heads, hd] for {d:?} (heads a multiple of kv heads)",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            )));
+        }
+        Ok(())
     }
-    Ok(Dims { b, s, nh, nkv, hd })
+
+    /// q and k rotated by the op's RoPE tables (`inverse`: by the transposed rotation, for
+    /// gradients), or none without tables.
+    fn rotate<T: Real>(&self, q: &[T], k: &[T], inverse: bool) -> candle_core::Result<Option<(Vec<T>, Vec<T>)>> {
+        let Some((cos, sin)) = &self.rope else { return Ok(None) };
+        let (cd, sd) = (Data::of(cos)?, Data::of(sin)?);
+        let (c, sn) = (cd.get::<T>()?, sd.get::<T>()?);
+        let d = self.d;
+        if c.len() != d.s * d.hd || sn.len() != d.s * d.hd || d.hd % 2 != 0 {
+            return Err(msg(&format!("fused attention: RoPE tables {:?} are not [{}, {}] (even head_dim)", cos.dims(), d.s, d.hd)));
+        }
+        Ok(Some((rope_rows(q, c, sn, d.hd, d.nh, d.s, inverse), rope_rows(k, c, sn, d.hd, d.nkv, d.s, inverse))))
+    }
+
+    fn fwd<T: Real>(&self, q: &[T], k: &[T], v: &[T]) -> candle_core::Result<CpuStorage> {
+        let roped = self.rotate(q, k, false)?;
+        let (qr, kr) = roped.as_ref().map_or((q, k), |(a, b)| (a.as_slice(), b.as_slice()));
+        let (out, lse) = forward(self, self.d, qr, kr, v);
+        let roped = roped.filter(|_| self.keep).map(|(a, b)| (T::to_cpu_storage_owned(a), T::to_cpu_storage_owned(b)));
+        *self.saved.lock().map_err(|_| msg("fused attention: poisoned lock"))? = Some(Saved { lse: T::to_cpu_storage_owned(lse), roped });
+        Ok(T::to_cpu_storage_owned(out))
+    }
+
+    fn bwd_t<T: Real>(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, go: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let guard = self.saved.lock().map_err(|_| msg("fused attention: poisoned lock"))?;
+        let saved = guard.as_ref().ok_or_else(|| msg("fused attention: backward before forward"))?;
+        let (qd, kd, vd, od, gd) = (Data::of(q)?, Data::of(k)?, Data::of(v)?, Data::of(o)?, Data::of(go)?);
+        let (qs, ks) = (qd.get::<T>()?, kd.get::<T>()?);
+        let recomputed;
+        let (qr, kr) = match (&saved.roped, &self.rope) {
+            (Some((a, b)), _) => (T::cpu_storage_as_slice(a)?, T::cpu_storage_as_slice(b)?),
+            (None, Some(_)) => {
+                recomputed = self.rotate(qs, ks, false)?.expect("tables present");
+                (recomputed.0.as_slice(), recomputed.1.as_slice())
+            }
+            (None, None) => (qs, ks),
+        };
+        let lse = T::cpu_storage_as_slice(&saved.lse)?;
+        let (dq, dk, dv) = backward(self, self.d, qr, kr, vd.get()?, od.get()?, lse, gd.get()?);
+        let (dq, dk) = match self.rotate(&dq, &dk, true)? {
+            Some(unrotated) => unrotated,
+            None => (dq, dk),
+        };
+        Ok((Tensor::from_vec(dq, q.shape(), q.device())?, Tensor::from_vec(dk, k.shape(), k.device())?, Tensor::from_vec(dv, v.shape(), v.device())?))
+    }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -294,19 +355,16 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = dims(l1, l2, l3)?;
-        let (out, lse) = match (s1, s2, s3) {
+        self.check(l1, l2, l3)?;
+        let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (o, l) = forward::<f32>(self, d, slice(s1, l1, "attention")?, slice(s2, l2, "attention")?, slice(s3, l3, "attention")?);
-                (CpuStorage::F32(o), CpuStorage::F32(l))
+                self.fwd::<f32>(slice(s1, l1, "attention")?, slice(s2, l2, "attention")?, slice(s3, l3, "attention")?)?
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (o, l) = forward::<f64>(self, d, slice(s1, l1, "attention")?, slice(s2, l2, "attention")?, slice(s3, l3, "attention")?);
-                (CpuStorage::F64(o), CpuStorage::F64(l))
+                self.fwd::<f64>(slice(s1, l1, "attention")?, slice(s2, l2, "attention")?, slice(s3, l3, "attention")?)?
             }
             _ => return Err(msg("fused attention: f32 or f64 inputs of one dtype")),
         };
-        *self.lse.lock().map_err(|_| msg("fused attention: poisoned lock"))? = Some(lse);
         Ok((out, l1.shape().clone()))
     }
 
@@ -319,31 +377,53 @@ impl CustomOp3 for CausalAttention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v, res, grad) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, res.contiguous()?, grad.contiguous()?);
-        let d = dims(q.layout(), k.layout(), v.layout())?;
-        let lse_guard = self.lse.lock().map_err(|_| msg("fused attention: poisoned lock"))?;
-        let lse = lse_guard.as_ref().ok_or_else(|| msg("fused attention: backward before forward"))?;
-        let (qd, kd, vd, od, gd) = (Data::of(&q)?, Data::of(&k)?, Data::of(&v)?, Data::of(&res)?, Data::of(&grad)?);
-        let (dq, dk, dv) = match (q.dtype(), lse) {
-            (DType::F32, CpuStorage::F32(l)) => {
-                let (a, b, c) = backward::<f32>(self, d, qd.get()?, kd.get()?, vd.get()?, od.get()?, l, gd.get()?);
-                (Tensor::from_vec(a, q.shape(), q.device())?, Tensor::from_vec(b, k.shape(), k.device())?, Tensor::from_vec(c, v.shape(), v.device())?)
-            }
-            (DType::F64, CpuStorage::F64(l)) => {
-                let (a, b, c) = backward::<f64>(self, d, qd.get()?, kd.get()?, vd.get()?, od.get()?, l, gd.get()?);
-                (Tensor::from_vec(a, q.shape(), q.device())?, Tensor::from_vec(b, k.shape(), k.device())?, Tensor::from_vec(c, v.shape(), v.device())?)
-            }
-            _ => return Err(msg("fused attention: dtype changed between forward and backward")),
+        let (dq, dk, dv) = match q.dtype() {
+            DType::F32 => self.bwd_t::<f32>(&q, &k, &v, &res, &grad)?,
+            DType::F64 => self.bwd_t::<f64>(&q, &k, &v, &res, &grad)?,
+            _ => return Err(msg("fused attention: f32 or f64 inputs")),
         };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+/// Causal (optionally sliding-window) attention of `q` over `k`, `v` (contiguous, f32 or f64,
+/// holding `[b, s, heads, hd]` and `[b, s, kv_heads, hd]` in any shape of that size, positions
+/// starting at 0), scores scaled by `scale`, with RoPE (`(cos, sin)` `[s, hd]`, rotate-half) applied
+/// to q and k first when given. Returns `[b, s, heads, hd]` in q's shape. Differentiable in q, k
+/// and v.
+pub fn causal_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    d: AttentionDims,
+    rope: Option<(&Tensor, &Tensor)>,
+    window: Option<usize>,
+    scale: f64,
+) -> Result<Tensor> {
+    let keep = [q, k, v].iter().any(|t| t.track_op());
+    let rope = match rope {
+        Some((c, s)) => Some((c.contiguous()?, s.contiguous()?)),
+        None => None,
+    };
+    let op = CausalAttention { d, window, scale, rope, keep, saved: Mutex::new(None) };
+    Ok(q.apply_op3(k, v, op)?)
 }
 
 /// Causal (optionally sliding-window) attention of `q [b, s, heads, hd]` over `k`, `v` `[b, s,
 /// kv_heads, hd]` (all contiguous, f32 or f64, positions starting at 0), scores scaled by `scale`.
 /// Returns `[b, s, heads, hd]`. Differentiable in q, k and v.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, scale: f64) -> Result<Tensor> {
-    let op = CausalAttention { window, scale, lse: Mutex::new(None) };
-    Ok(q.apply_op3(k, v, op)?)
+    let (b, s, nh, hd) = q.dims4()?;
+    let (bk, sk, nkv, hdk) = k.dims4()?;
+    if (bk, sk, hdk) != (b, s, hd) || v.dims() != k.dims() {
+        return Err(crate::error::ModelError::input(format!(
+            "fused attention: q {:?}, k {:?}, v {:?} are not [b, s, heads, hd] with one b, s and hd",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    causal_attention_with(q, k, v, AttentionDims { b, s, nh, nkv, hd }, None, window, scale)
 }
 
 #[cfg(test)]
@@ -398,6 +478,34 @@ mod tests {
         for window in [None, Some(3)] {
             let inputs = [var(&[2, 70, 4, 4], 7, DType::F64), var(&[2, 70, 2, 4], 8, DType::F64), var(&[2, 70, 2, 4], 9, DType::F64)];
             matches_finite_differences(&inputs, &|x| fused(x, window));
+        }
+    }
+
+    /// RoPE inside the op, on the projections' 2-d `[b*s, heads*hd]` tensors, against the composite
+    /// RoPE (`ops::rope` on `[b, heads, s, hd]`) followed by the composite attention; and gradients
+    /// by finite differences.
+    #[test]
+    fn rope_inside_matches_composite_rope_then_attention() {
+        let (b, s, nh, nkv, hd) = (2, 70, 4, 2, 6);
+        let dims = AttentionDims { b, s, nh, nkv, hd };
+        for (dtype, tol) in [(DType::F32, 2e-5), (DType::F64, 1e-12)] {
+            let (cos, sin) = crate::kernels::tests::tables(s, hd, dtype);
+            let inputs = [var(&[b * s, nh * hd], 11, dtype), var(&[b * s, nkv * hd], 12, dtype), var(&[b * s, nkv * hd], 13, dtype)];
+            let composite = |x: &[Tensor]| {
+                let rot = |t: &Tensor, h: usize| {
+                    let t = t.reshape((b, s, h, hd)).unwrap().transpose(1, 2).unwrap();
+                    ops::rope(&t, &cos, &sin).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+                };
+                let v = x[2].reshape((b, s, nkv, hd)).unwrap();
+                reference(&rot(&x[0], nh), &rot(&x[1], nkv), &v, Some(30)).reshape((b * s, nh * hd)).unwrap()
+            };
+            let fused = |x: &[Tensor]| {
+                causal_attention_with(&x[0], &x[1], &x[2], dims, Some((&cos, &sin)), Some(30), 1.0 / (hd as f64).sqrt()).unwrap()
+            };
+            same_as_composite(&inputs, &fused, &composite, tol);
+            if dtype == DType::F64 {
+                matches_finite_differences(&inputs, &fused);
+            }
         }
     }
 

@@ -430,7 +430,7 @@ struct RopeBshd;
 
 /// Applies the rotation (`inverse`: its transpose, for the backward) to every `[head_dim]` row of
 /// `x`, row `r` at position `(r / heads) % seq`.
-fn rope_rows<T: Real>(x: &[T], cos: &[T], sin: &[T], hd: usize, heads: usize, seq: usize, inverse: bool) -> Vec<T> {
+pub(crate) fn rope_rows<T: Real>(x: &[T], cos: &[T], sin: &[T], hd: usize, heads: usize, seq: usize, inverse: bool) -> Vec<T> {
     let half = hd / 2;
     let mut y = vec![T::c0(); x.len()];
     let chunk = heads * hd; // one position of one sequence per step
@@ -784,7 +784,7 @@ pub(crate) mod tests {
     }
 
     /// Tables that differ in their two halves, so a kernel that assumed duplicated halves would fail.
-    fn tables(s: usize, hd: usize, dtype: DType) -> (Tensor, Tensor) {
+    pub(crate) fn tables(s: usize, hd: usize, dtype: DType) -> (Tensor, Tensor) {
         let c: Vec<f64> = (0..s * hd).map(|i| (i as f64 * 0.37).cos()).collect();
         let n: Vec<f64> = (0..s * hd).map(|i| (i as f64 * 0.53 + 0.1).sin()).collect();
         let t = |v| Tensor::from_vec(v, (s, hd), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();

@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::error::{ModelError, Result};
 use crate::grad::param;
 use crate::ops;
+use crate::attention::AttentionDims;
 use crate::rope::Rope;
 
 /// A weight matrix in HF `[out, in]` layout with an optional bias.
@@ -507,26 +508,29 @@ impl Model {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let g = nh / nkv;
-        let q = layer.q.forward(x)?.reshape((b, s, nh, hd))?;
-        let k = layer.k.forward(x)?.reshape((b, s, nkv, hd))?;
+        // [b*s, heads*hd], which is [b, s, heads, hd] in memory.
+        let (q, k, v) = (layer.q.forward(x)?, layer.k.forward(x)?, layer.v.forward(x)?);
         // qwen3: each head's query and key RMS-normalised over head_dim (the same norm as the
         // layer norms, broadcast over heads), before RoPE.
         let (q, k) = match &layer.qk_norm {
-            Some((qn, kn)) => {
-                (ops::rms_norm(&q, &param(qn), cfg.rms_norm_eps)?, ops::rms_norm(&k, &param(kn), cfg.rms_norm_eps)?)
-            }
+            Some((qn, kn)) => (
+                ops::rms_norm(&q.reshape((b, s, nh, hd))?, &param(qn), cfg.rms_norm_eps)?,
+                ops::rms_norm(&k.reshape((b, s, nkv, hd))?, &param(kn), cfg.rms_norm_eps)?,
+            ),
             None => (q, k),
         };
-        let v = layer.v.forward(x)?.reshape((b, s, nkv, hd))?;
         if kv_cache.is_none() {
-            // Training and scoring (positions from 0): RoPE and attention fused, in [b, s, heads, hd].
-            if let Some(o) = ops::fused_rope_attention(&q, &k, &v, cos, sin, layer.window)? {
-                return layer.o.forward(&o.reshape((b * s, nh * hd))?);
+            // Training and scoring (positions from 0): RoPE and attention in one node, on the
+            // tensors as they are (no reshape nodes).
+            let dims = AttentionDims { b, s, nh, nkv, hd };
+            if let Some(o) = ops::fused_rope_attention(&q, &k, &v, cos, sin, dims, layer.window)? {
+                let o = if o.rank() == 2 { o } else { o.reshape((b * s, nh * hd))? };
+                return layer.o.forward(&o);
             }
         }
-        let q = q.transpose(1, 2)?; // [b, nh, s, hd]
-        let k = k.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?; // [b, nh, s, hd]
+        let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
         let (k, v) = match kv_cache {

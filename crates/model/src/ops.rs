@@ -162,31 +162,30 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// Causal attention of `q [b, s, heads, hd]` over `k`, `v` `[b, s, kv_heads, hd]` (positions from 0,
-/// query `i` sees keys `j <= i` with `i - j < window`), RoPE applied to q and k first. Returns the
-/// `[b, s, heads, hd]` output through the fused kernels ([`crate::kernels::rope_bshd`],
-/// [`crate::attention::causal_attention`]), or `None` when they are switched off or do not cover
-/// the inputs (the caller then takes the composite path).
+/// Causal attention of `q` over `k`, `v` holding `[b, s, heads, hd]` and `[b, s, kv_heads, hd]` (any
+/// shape of that size, such as the projections' `[b*s, heads*hd]`; positions from 0, query `i` sees
+/// keys `j <= i` with `i - j < window`), RoPE applied to q and k first. Returns the output in q's
+/// shape through one fused node ([`crate::attention::causal_attention_with`]), or `None` when the
+/// kernels are switched off or do not cover the inputs (the caller then takes the composite path).
 pub fn fused_rope_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
+    dims: crate::attention::AttentionDims,
     window: Option<usize>,
 ) -> Result<Option<Tensor>> {
     use crate::kernels::covers;
     let ok = fused_kernel("attention")
         && window != Some(0)
         && [q, k, v, cos, sin].iter().all(|t| covers(t) && t.dtype() == q.dtype())
-        && q.rank() == 4;
+        && cos.dims() == [dims.s, dims.hd];
     if !ok {
         return Ok(None);
     }
-    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-    let q = crate::kernels::rope_bshd(q, cos, sin)?;
-    let k = crate::kernels::rope_bshd(k, cos, sin)?;
-    Ok(Some(crate::attention::causal_attention(&q, &k, v, window, scale)?))
+    let scale = 1.0 / (dims.hd as f64).sqrt();
+    Ok(Some(crate::attention::causal_attention_with(q, k, v, dims, Some((cos, sin)), window, scale)?))
 }
 
 /// Per-position negative log-likelihood: `logits` `[.., vocab]`, `targets` `[..]` (u32), aligned
