@@ -24,19 +24,24 @@ use crate::error::Result;
 use crate::simd;
 
 /// The float types the kernels are written for (f32 for training, f64 for gradient checks).
-pub(crate) trait Real: WithDType + PartialOrd + Send + Sync + 'static {
+pub trait Real: WithDType + PartialOrd + Send + Sync + 'static {
     const NEG_INF: Self;
     /// `e^x`, vectorisable: [`crate::simd::exp_f32`] in f32 (about 1 ulp), `exp` in f64.
     fn exp_fast(self) -> Self;
     fn sqrt_(self) -> Self;
     fn ln_(self) -> Self;
     fn max_(self, other: Self) -> Self;
-    /// 0 and 1 (named apart from num_traits' `zero`/`one`, which `WithDType` also brings).
+    const ZERO: Self;
+    const ONE: Self;
+    /// 0 and 1 (named apart from num_traits' `zero`/`one`, which `WithDType` also brings). Constants,
+    /// not candle's `from_f64`: that is a call into another crate, made per element inside the loops.
+    #[inline(always)]
     fn c0() -> Self {
-        Self::from_f64(0.0)
+        Self::ZERO
     }
+    #[inline(always)]
     fn c1() -> Self {
-        Self::from_f64(1.0)
+        Self::ONE
     }
 }
 
@@ -48,17 +53,25 @@ macro_rules! real_impl {
         $x.exp()
     };
     ($t:tt) => {
+        // `inline(always)`: so that the loops of [`crate::simd::dispatch`] get these inlined and
+        // vectorised (without it, `exp_fast` stayed a call per element in another codegen unit).
         impl Real for $t {
             const NEG_INF: Self = <$t>::NEG_INFINITY;
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
             fn exp_fast(self) -> Self {
                 real_impl!(@exp_fast $t, self)
             }
+            #[inline(always)]
             fn sqrt_(self) -> Self {
                 self.sqrt()
             }
+            #[inline(always)]
             fn ln_(self) -> Self {
                 self.ln()
             }
+            #[inline(always)]
             fn max_(self, other: Self) -> Self {
                 self.max(other)
             }
@@ -116,12 +129,9 @@ struct RmsNorm {
     eps: f64,
 }
 
+#[inline(always)]
 fn rms_inv<T: Real>(x: &[T], eps: f64) -> T {
-    let mut ss = T::c0();
-    for &v in x {
-        ss += v * v;
-    }
-    T::c1() / (ss / T::from_f64(x.len() as f64) + T::from_f64(eps)).sqrt_()
+    T::c1() / (simd::dot(x, x) / T::from_f64(x.len() as f64) + T::from_f64(eps)).sqrt_()
 }
 
 fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
@@ -129,12 +139,17 @@ fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let mut y = vec![T::c0(); x.len()];
     let chunk = rows_per_task(d) * d;
     y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
-        for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-            let r = rms_inv(xr, eps);
-            for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
-                *o = v * r * wi;
-            }
-        }
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let r = rms_inv(xr, eps);
+                    for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = v * r * wi;
+                    }
+                }
+            },
+        )
     });
     y
 }
@@ -150,18 +165,24 @@ fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
         .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
         .map(|(dxc, (xc, gc))| {
             let mut dw = vec![T::c0(); d];
-            for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                let r = rms_inv(xr, eps);
-                let mut dot = T::c0();
-                for ((&gi, &wi), &xi) in gr.iter().zip(w).zip(xr) {
-                    dot += gi * wi * xi;
-                }
-                let c = r * r * r * dot * inv_d;
-                for ((((o, &gi), &wi), &xi), dwi) in dxr.iter_mut().zip(gr).zip(w).zip(xr).zip(dw.iter_mut()) {
-                    *o = r * gi * wi - xi * c;
-                    *dwi += gi * xi * r;
-                }
-            }
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                        let r = rms_inv(xr, eps);
+                        // sum(g w x): g w into dxr first (overwritten below), then its dot with x.
+                        for ((o, &gi), &wi) in dxr.iter_mut().zip(gr).zip(w) {
+                            *o = gi * wi;
+                        }
+                        let dot = simd::dot(dxr, xr);
+                        let c = r * r * r * dot * inv_d;
+                        for ((((o, &gi), &wi), &xi), dwi) in dxr.iter_mut().zip(gr).zip(w).zip(xr).zip(dw.iter_mut()) {
+                            *o = r * gi * wi - xi * c;
+                            *dwi += gi * xi * r;
+                        }
+                    }
+                },
+            );
             dw
         })
         .reduce(
@@ -431,27 +452,40 @@ struct RopeBshd;
 /// Applies the rotation (`inverse`: its transpose, for the backward) to every `[head_dim]` row of
 /// `x`, row `r` at position `(r / heads) % seq`.
 pub(crate) fn rope_rows<T: Real>(x: &[T], cos: &[T], sin: &[T], hd: usize, heads: usize, seq: usize, inverse: bool) -> Vec<T> {
-    let half = hd / 2;
     let mut y = vec![T::c0(); x.len()];
-    let chunk = heads * hd; // one position of one sequence per step
-    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(p, (yc, xc))| {
-        let pos = p % seq;
-        let (c, s) = (&cos[pos * hd..(pos + 1) * hd], &sin[pos * hd..(pos + 1) * hd]);
-        for (yr, xr) in yc.chunks_mut(hd).zip(xc.chunks(hd)) {
-            for i in 0..half {
-                let (a, b) = (xr[i], xr[i + half]);
-                if inverse {
-                    // d/dx of y_i = x_i c_i - x_{i+h} s_i and y_{i+h} = x_{i+h} c_{i+h} + x_i s_{i+h}.
-                    yr[i] = a * c[i] + b * s[i + half];
-                    yr[i + half] = b * c[i + half] - a * s[i];
-                } else {
-                    yr[i] = a * c[i] - b * s[i];
-                    yr[i + half] = b * c[i + half] + a * s[i + half];
+    let row = heads * hd; // one position of one sequence
+    let per_task = rows_per_task(row);
+    y.par_chunks_mut(per_task * row).zip(x.par_chunks(per_task * row)).enumerate().for_each(|(t, (yc, xc))| {
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (j, (yp, xp)) in yc.chunks_mut(row).zip(xc.chunks(row)).enumerate() {
+                    rotate_position(yp, xp, cos, sin, (t * per_task + j) % seq, hd, inverse);
                 }
-            }
-        }
+            },
+        )
     });
     y
+}
+
+/// [`rope_rows`] for the heads of one position.
+#[inline(always)]
+fn rotate_position<T: Real>(yc: &mut [T], xc: &[T], cos: &[T], sin: &[T], pos: usize, hd: usize, inverse: bool) {
+    let half = hd / 2;
+    let (c, s) = (&cos[pos * hd..(pos + 1) * hd], &sin[pos * hd..(pos + 1) * hd]);
+    for (yr, xr) in yc.chunks_mut(hd).zip(xc.chunks(hd)) {
+        for i in 0..half {
+            let (a, b) = (xr[i], xr[i + half]);
+            if inverse {
+                // d/dx of y_i = x_i c_i - x_{i+h} s_i and y_{i+h} = x_{i+h} c_{i+h} + x_i s_{i+h}.
+                yr[i] = a * c[i] + b * s[i + half];
+                yr[i + half] = b * c[i + half] - a * s[i];
+            } else {
+                yr[i] = a * c[i] - b * s[i];
+                yr[i + half] = b * c[i + half] + a * s[i + half];
+            }
+        }
+    }
 }
 
 fn rope_dims(l: &Layout, lc: &Layout) -> candle_core::Result<(usize, usize, usize)> {

@@ -31,7 +31,7 @@ pub mod precision;
 #[cfg(feature = "engine")]
 pub mod rope;
 #[cfg(feature = "engine")]
-mod simd;
+pub mod simd;
 #[cfg(feature = "engine")]
 pub mod text;
 

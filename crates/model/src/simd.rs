@@ -16,7 +16,7 @@ use crate::kernels::Real;
 /// else as is. Mark the closure `#[inline(always)]` so that its body is compiled inside the
 /// feature-enabled function; loops in non-inlined callees keep baseline code.
 #[inline(always)]
-pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -63,7 +63,7 @@ pub(crate) fn max_of<T: Real>(z: &[T]) -> T {
 
 /// `z[i] = exp(z[i] - shift)` for every element; returns their sum.
 #[inline(always)]
-pub(crate) fn exp_shifted_sum<T: Real>(z: &mut [T], shift: T) -> T {
+pub fn exp_shifted_sum<T: Real>(z: &mut [T], shift: T) -> T {
     let mut acc = [T::c0(); LANES];
     let mut chunks = z.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -106,7 +106,7 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 /// denormal, harmless in a sum of probabilities that includes 1 or a sigmoid's `1 + e^x`; above,
 /// `e^88` (~1.7e38) rather than infinity. NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -115,10 +115,14 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Comparisons written so that NaN passes through (to a NaN loss the trainer skips).
     let x = if x < -87.0 { -87.0 } else { x };
     let x = if x > 88.0 { 88.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from t's own bits, which are ROUND's plus n (|n| <= 127 here): integer work that vectorises, where
+    // `n as i32` (a saturating conversion) was done lane by lane.
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
