@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::simd;
 
 /// The float types the kernels are written for (f32 for training, f64 for gradient checks).
-pub trait Real: WithDType + PartialOrd + Send + Sync + 'static {
+pub(crate) trait Real: WithDType + PartialOrd + Send + Sync + 'static {
     const NEG_INF: Self;
     /// `e^x`, vectorisable: [`crate::simd::exp_f32`] in f32 (about 1 ulp), `exp` in f64.
     fn exp_fast(self) -> Self;

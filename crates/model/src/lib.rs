@@ -31,7 +31,7 @@ pub mod precision;
 #[cfg(feature = "engine")]
 pub mod rope;
 #[cfg(feature = "engine")]
-pub mod simd;
+mod simd;
 #[cfg(feature = "engine")]
 pub mod text;
 

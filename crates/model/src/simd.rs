@@ -16,7 +16,7 @@ use crate::kernels::Real;
 /// else as is. Mark the closure `#[inline(always)]` so that its body is compiled inside the
 /// feature-enabled function; loops in non-inlined callees keep baseline code.
 #[inline(always)]
-pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -63,7 +63,7 @@ pub(crate) fn max_of<T: Real>(z: &[T]) -> T {
 
 /// `z[i] = exp(z[i] - shift)` for every element; returns their sum.
 #[inline(always)]
-pub fn exp_shifted_sum<T: Real>(z: &mut [T], shift: T) -> T {
+pub(crate) fn exp_shifted_sum<T: Real>(z: &mut [T], shift: T) -> T {
     let mut acc = [T::c0(); LANES];
     let mut chunks = z.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -106,7 +106,7 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 /// denormal, harmless in a sum of probabilities that includes 1 or a sigmoid's `1 + e^x`; above,
 /// `e^88` (~1.7e38) rather than infinity. NaN stays NaN.
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
