@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh [--runs N] [--only CASE[,CASE]] [--with-mergekit] [--smoke] [--out DIR] [--escale BIN]
 #
-# Cases: disk, scale_out, scale_up, depth_up, train, data (see bench/README.md).
+# Cases: disk, scale_out, scale_up, depth_up, train, eval, data (see bench/README.md).
 # Every figure is a ratio against a reference measured in the same invocation (disk floor with dd, mergekit,
 # PyTorch, Python tokenizers). Writes DIR/results.json (raw runs + summaries) and DIR/tables.md.
 # Large files live in DIR/work and are deleted on exit (--keep to keep them).
@@ -26,14 +26,14 @@ PAIRS=3
 TRAIN_CONFIGS=""
 FORCE=0
 RECORD=0
-ALL_CASES="disk scale_out scale_up depth_up train data"
+ALL_CASES="disk scale_out scale_up depth_up train eval data"
 ARGV="$*"
 
 usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 Options:
   --runs N          runs per escale/floor measurement (default 3; medians, min, max)
   --ref-runs N      runs per slow reference (mergekit; default 1)
-  --pairs N         train: interleaved escale/PyTorch pairs per config (default 3)
+  --pairs N         train, eval: interleaved escale/PyTorch pairs per config or batch (default 3)
   --train-configs L train: comma-separated configs (standard, moe, 135m; default all three)
   --force           train: write verdicts even when the machine was busy at the start
   --record          train: also keep the raw JSON in bench/results/ (to commit)
@@ -82,7 +82,7 @@ RAW="$OUT/raw.tsv"
 rm -rf "$WORK" "$LOGS"
 mkdir -p "$WORK" "$LOGS"
 : > "$RAW"
-rm -f "$OUT/train-results.json" "$OUT/results.json" "$OUT/tables.md"
+rm -f "$OUT/train-results.json" "$OUT/eval/results.jsonl" "$OUT/results.json" "$OUT/tables.md"
 cleanup() { [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 T_START=$EPOCHREALTIME
@@ -418,6 +418,23 @@ case_train() {
   fi
 }
 
+case_eval() {
+  # Evaluation speed lives in bench/eval/: `escale eval` against PyTorch no_grad (torch_eval.py) on the same
+  # random 135M-class llama, text and 512-token windows, at --batch 1 and 4, interleaved --pairs pairs, each run
+  # a whole process under /usr/bin/time -v. It writes OUT/eval/results.jsonl (every run) and summary.txt.
+  if [ "$SMOKE" = 1 ]; then skip eval escale "needs PyTorch and a 135M-class model; not run in smoke mode"; return; fi
+  if [ ! -x "$ORACLE_PY" ] || ! "$ORACLE_PY" -c "import torch, transformers" 2>/dev/null; then
+    skip eval escale "PyTorch and transformers (oracle venv) unavailable: run tests/oracle/setup.sh"; return
+  fi
+  log "eval: bash bench/eval/run.sh --escale $ESCALE --out $OUT/eval --pairs $PAIRS"
+  if ESCALE_ORACLE_PYTHON="$ORACLE_PY" bash "$ROOT/bench/eval/run.sh" --escale "$ESCALE" --out "$OUT/eval" \
+      --pairs "$PAIRS" > "$LOGS/eval.log" 2>&1; then
+    record eval harness 1 ok 0 0 0 ""
+  else
+    record eval harness 1 error 0 0 0 "bench/eval/run.sh failed: $(tail -n 3 "$LOGS/eval.log" | tr '\n' ' ' | cut -c1-400)"
+  fi
+}
+
 log "cases: $CASES (runs $RUNS, reference runs $REF_RUNS, smoke $SMOKE); peak RSS via $RSS_METHOD"
 for c in $CASES; do "case_$c"; done
 
@@ -426,5 +443,5 @@ machine_json > "$OUT/machine.json"
 "$PY" "$TOOLS/report.py" --raw "$RAW" --out "$OUT" --machine "$OUT/machine.json" --cases "$CASES" \
   --runs "$RUNS" --ref-runs "$REF_RUNS" --smoke "$SMOKE" --duration "$("$PY" -c "print($T_END - $T_START)")" \
   --command "bash bench/run.sh $ARGV" --model-note "$MODEL_NOTE" --mergekit-note "$MERGEKIT_NOTE" \
-  --train-json "$OUT/train-results.json" --logs "$LOGS" || exit 1
+  --train-json "$OUT/train-results.json" --eval-jsonl "$OUT/eval/results.jsonl" --logs "$LOGS" || exit 1
 log "wrote $OUT/results.json and $OUT/tables.md"

@@ -15,6 +15,7 @@ CASE_TITLES = {
     "scale_up": "Scale-up: 1.1B -> hidden 2560, FFN 7040, 40 heads, 28 layers (aki-pro)",
     "depth_up": "Scale-up depth only: 22 -> 34 layers",
     "train": "Training throughput and memory: escale vs PyTorch eager (f32, AdamW, three configs)",
+    "eval": "Evaluation speed: `escale eval` vs PyTorch no_grad (135M-class llama, 512-token windows, whole processes)",
     "data": "Data: tokenization with the Qwen3 tokenizer",
 }
 
@@ -109,6 +110,35 @@ def train_summary(train_json):
     return {"raw": raw, "targets": targets}
 
 
+def eval_summary(eval_jsonl):
+    """bench/eval/run.sh's results.jsonl (one line per run: side, batch, wall/user/sys s, peak RSS MB, loss): per
+    batch each side's medians and the median of the per-pair wall-time ratios PyTorch / escale (pairs in run order),
+    and the targets of issue 16: escale at least as fast as PyTorch no_grad, and batch 4 never slower than batch 1."""
+    if not eval_jsonl or not os.path.exists(eval_jsonl):
+        return None
+    with open(eval_jsonl) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    batches, targets = {}, []
+    for b in sorted({r["batch"] for r in rows}):
+        e = [r for r in rows if r["side"] == "escale" and r["batch"] == b]
+        t = [r for r in rows if r["side"] == "pytorch" and r["batch"] == b]
+        if not e or not t:
+            continue
+        ratios = [y["wall_s"] / x["wall_s"] for x, y in zip(e, t)]
+        side = lambda rs, k: statistics.median([r[k] for r in rs])  # noqa: E731
+        batches[b] = {"pairs": len(ratios), "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+                      "ratio_max": max(ratios), "loss": e[0].get("loss"), "pytorch_loss": t[0].get("loss"),
+                      "tokens": e[0].get("tokens"),
+                      **{f"{n}_{k}": side(rs, k) for n, rs in (("escale", e), ("pytorch", t))
+                         for k in ("wall_s", "user_s", "sys_s", "peak_rss_mb")}}
+        targets.append(target(f"batch {b}: PyTorch wall / escale wall", batches[b]["ratio_median"], ">=", 1.0, "x"))
+    if len(batches) > 1:
+        lo, hi = min(batches), max(batches)
+        slower = batches[hi]["escale_wall_s"] / batches[lo]["escale_wall_s"]
+        targets.append(target(f"escale wall at batch {hi} / batch {lo}", slower, "<=", 1.0, "x"))
+    return {"batches": batches, "targets": targets}
+
+
 def fmt_s(s):
     w = s.get("wall_s")
     if not w:
@@ -151,6 +181,21 @@ VARIANT_LABEL = {
 
 def table(case, c):
     lines = [f"### {CASE_TITLES.get(case, case)}", ""]
+    if case == "eval":
+        ev = c.get("eval")
+        if not ev:
+            lines.append(f"Not measured: {c.get('note', 'no results')}")
+            return lines
+        lines += ["| batch | tokens | loss escale / PyTorch | wall s escale / PyTorch | user s | sys s | "
+                  "peak RSS MB | PyTorch wall / escale wall, median (min-max) |", "|---|---|---|---|---|---|---|---|"]
+        for b, r in ev["batches"].items():
+            lines.append(f"| {b} | {r['tokens']} | {r['loss'] or 0:.4f} / {r['pytorch_loss'] or 0:.4f} | "
+                         f"{r['escale_wall_s']:.1f} / {r['pytorch_wall_s']:.1f} | {r['escale_user_s']:.1f} / "
+                         f"{r['pytorch_user_s']:.1f} | {r['escale_sys_s']:.1f} / {r['pytorch_sys_s']:.1f} | "
+                         f"{r['escale_peak_rss_mb']:.0f} / {r['pytorch_peak_rss_mb']:.0f} | "
+                         f"{r['ratio_median']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}), {r['pairs']} pairs |")
+        lines += [""] + [verdict(t) for t in ev["targets"]]
+        return lines
     if case == "train":
         t = c.get("train")
         if not t:
@@ -221,6 +266,7 @@ def main():
     ap.add_argument("--model-note", default="")
     ap.add_argument("--mergekit-note", default="")
     ap.add_argument("--train-json", default="")
+    ap.add_argument("--eval-jsonl", default="")
     ap.add_argument("--logs", default="")
     a = ap.parse_args()
     rows = read_raw(a.raw)
@@ -254,6 +300,13 @@ def main():
             c["targets"].append(target("MB/s vs Python tokenizers", ratio, ">=", 0.9, "x"))
             rss = e["peak_rss_kib"] / GIB_KIB if e and e.get("status") == "ok" else None
             c["targets"].append(target("peak RSS (GiB)", rss, "<", 1.0, " GiB"))
+        elif case == "eval":
+            ev = eval_summary(a.eval_jsonl)
+            if ev:
+                c["eval"] = ev
+                c["targets"] = ev["targets"]
+            else:
+                c["note"] = "; ".join(v.get("note", "") for v in vs.values() if v.get("note")) or "not measured"
         elif case == "train":
             t = train_summary(a.train_json)
             if t:

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const CASES: [&str; 6] = ["disk", "scale_out", "scale_up", "depth_up", "train", "data"];
+const CASES: [&str; 7] = ["disk", "scale_out", "scale_up", "depth_up", "train", "eval", "data"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -100,7 +100,7 @@ fn bench_smoke_mode_measures_every_case() {
         }
     }
     let tables = std::fs::read_to_string(out.path().join("tables.md")).unwrap();
-    for title in ["Disk floor", "Scale-out", "Scale-up", "Training", "Data"] {
+    for title in ["Disk floor", "Scale-out", "Scale-up", "Training", "Evaluation", "Data"] {
         assert!(tables.contains(title), "tables.md lacks {title}");
     }
     // Large files are cleaned up.
