@@ -1,4 +1,5 @@
 """Builds megatron-core's GPTModel from the model description escale writes (`megatron_model.json`)."""
+import atexit
 import json
 import os
 import tempfile
@@ -57,6 +58,8 @@ def init_distributed(tp=1, pp=1, ep=1):
             dist.init_process_group(backend)
         else:
             store_file = tempfile.NamedTemporaryFile(prefix="escale-megatron-store-", delete=False).name
+            # The store outlives nothing but this process; without this every bridge call left one in /tmp.
+            atexit.register(lambda path=store_file: os.path.exists(path) and os.remove(path))
             store = dist.FileStore(store_file, 1)
             dist.init_process_group(backend, store=store, rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():

@@ -9,10 +9,13 @@ use serde_json::Value;
 mod common;
 use common::{dataset, escale, init, ok};
 
+/// The complete records of a run's train log. Read while the run writes: a last line without its newline is
+/// a record still being written (or cut by a kill), not a record.
 fn losses(run: &Path) -> Vec<(u64, f64, f64)> {
     std::fs::read_to_string(run.join("train_log.jsonl"))
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
             (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap())

@@ -284,7 +284,7 @@ impl CausalAttention {
     fn check(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<()> {
         let d = self.d;
         let counts = [lq, lk, lv].map(|l| l.shape().elem_count());
-        if d.nkv == 0 || d.nh % d.nkv != 0 || counts != [d.b * d.s * d.nh * d.hd, d.b * d.s * d.nkv * d.hd, d.b * d.s * d.nkv * d.hd] {
+        if d.nkv == 0 || !d.nh.is_multiple_of(d.nkv) || counts != [d.b * d.s * d.nh * d.hd, d.b * d.s * d.nkv * d.hd, d.b * d.s * d.nkv * d.hd] {
             return Err(msg(&format!(
                 "fused attention: q {:?}, k {:?}, v {:?} do not hold [b, s, heads, hd] for {d:?} (heads a multiple of kv heads)",
                 lq.dims(),
@@ -302,7 +302,7 @@ impl CausalAttention {
         let (cd, sd) = (Data::of(cos)?, Data::of(sin)?);
         let (c, sn) = (cd.get::<T>()?, sd.get::<T>()?);
         let d = self.d;
-        if c.len() != d.s * d.hd || sn.len() != d.s * d.hd || d.hd % 2 != 0 {
+        if c.len() != d.s * d.hd || sn.len() != d.s * d.hd || !d.hd.is_multiple_of(2) {
             return Err(msg(&format!("fused attention: RoPE tables {:?} are not [{}, {}] (even head_dim)", cos.dims(), d.s, d.hd)));
         }
         Ok(Some((rope_rows(q, c, sn, d.hd, d.nh, d.s, inverse), rope_rows(k, c, sn, d.hd, d.nkv, d.s, inverse))))
