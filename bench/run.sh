@@ -268,8 +268,12 @@ setup_mergekit() {
 }
 
 # Has this escale subcommand landed? A stub (clap Args with no fields) lists no options or arguments in --help.
+# (grep -c, not grep -q: -q exits at the first match, the grep before it then dies of SIGPIPE, and under pipefail
+# a landed command read as a stub now and then.)
 landed() {
-  "$ESCALE" "$1" --help 2>/dev/null | grep -vE -- '--(help|version)' | grep -qE '^\s+(-[A-Za-z], )?--[a-z]|^Arguments:'
+  local n
+  n=$("$ESCALE" "$1" --help 2>/dev/null | grep -vE -- '--(help|version)' | grep -cE '^\s+(-[A-Za-z], )?--[a-z]|^Arguments:')
+  [ "${n:-0}" -gt 0 ]
 }
 
 # A growth case: for each run, floor read (cold) -> escale (cold input) -> floor write of escale's output size.

@@ -334,11 +334,18 @@ impl Checkpoint {
     }
 
     /// Every tensor holding NaN or infinite values, with their counts (reads every weight once).
+    ///
+    /// Each tensor's pages are released after its count ([`escale_util::pages::done_with`]): the scan
+    /// runs before a growth streams the same file, and without the release every byte of the source
+    /// stayed in the process's resident set (scale-up's and scale-out's peak RSS 0.2-0.35 -> 2.1 GiB
+    /// on the 2.2 GB benchmark model).
     pub fn non_finite(&self) -> Vec<NonFinite> {
         self.tensors
             .iter()
             .filter_map(|t| {
-                let (nan, inf) = count_non_finite(t.dtype, &self.shards[t.shard].mmap[t.start..t.end]);
+                let bytes = &self.shards[t.shard].mmap[t.start..t.end];
+                let (nan, inf) = count_non_finite(t.dtype, bytes);
+                escale_util::pages::done_with(bytes);
                 (nan + inf > 0).then(|| NonFinite { name: t.name.clone(), nan, inf })
             })
             .collect()
