@@ -1,6 +1,8 @@
 //! Fused CPU kernels with hand-written backward for the per-token ops of a decoder layer:
-//! RMSNorm (`x`, `weight`), SwiGLU (`silu(gate) * up`) and RoPE (rotate-half) on `[batch, seq,
-//! heads, head_dim]`. The fused causal attention lives in [`crate::attention`].
+//! RMSNorm (`x`, `weight`), SwiGLU (`silu(gate) * up`), an MLP's gate + up projections with their
+//! SwiGLU as one node ([`gated_up`]), the linear layer, and RoPE (rotate-half) on `[batch, seq,
+//! heads, head_dim]`. The fused causal attention lives in [`crate::attention`]; the model applies
+//! RoPE inside it ([`rope_rows`]), so [`rope_bshd`] is for RoPE outside attention.
 //!
 //! Each op is a candle `CustomOp` whose forward makes one pass over contiguous rows, rows in
 //! parallel on the rayon pool, and whose `bwd` computes the input gradients in one more pass
