@@ -56,10 +56,10 @@ struct CausalAttention {
     /// RoPE tables `(cos, sin)` `[seq, head_dim]` applied to q and k inside the op (constants: no
     /// gradient), or none when the inputs arrive rotated.
     rope: Option<(Tensor, Tensor)>,
-    /// Keep the rotated q and k for the backward (some input is on a graph); else it recomputes them.
-    keep: bool,
     /// What the forward leaves for the backward: per-row log-sum-exp of the scaled, masked scores
-    /// `[batch, heads, seq]`, and the rotated `(q, k)` when kept.
+    /// `[batch, heads, seq]`, and the rotated `(q, k)` when the op rotates. Kept unconditionally:
+    /// when no input is on a graph candle records no backward and drops the op (and this) with the
+    /// forward.
     saved: Mutex<Option<Saved>>,
 }
 
@@ -312,7 +312,7 @@ impl CausalAttention {
         let roped = self.rotate(q, k, false)?;
         let (qr, kr) = roped.as_ref().map_or((q, k), |(a, b)| (a.as_slice(), b.as_slice()));
         let (out, lse) = forward(self, self.d, qr, kr, v);
-        let roped = roped.filter(|_| self.keep).map(|(a, b)| (T::to_cpu_storage_owned(a), T::to_cpu_storage_owned(b)));
+        let roped = roped.map(|(a, b)| (T::to_cpu_storage_owned(a), T::to_cpu_storage_owned(b)));
         *self.saved.lock().map_err(|_| msg("fused attention: poisoned lock"))? = Some(Saved { lse: T::to_cpu_storage_owned(lse), roped });
         Ok(T::to_cpu_storage_owned(out))
     }
@@ -321,15 +321,10 @@ impl CausalAttention {
         let guard = self.saved.lock().map_err(|_| msg("fused attention: poisoned lock"))?;
         let saved = guard.as_ref().ok_or_else(|| msg("fused attention: backward before forward"))?;
         let (qd, kd, vd, od, gd) = (Data::of(q)?, Data::of(k)?, Data::of(v)?, Data::of(o)?, Data::of(go)?);
-        let (qs, ks) = (qd.get::<T>()?, kd.get::<T>()?);
-        let recomputed;
-        let (qr, kr) = match (&saved.roped, &self.rope) {
-            (Some((a, b)), _) => (T::cpu_storage_as_slice(a)?, T::cpu_storage_as_slice(b)?),
-            (None, Some(_)) => {
-                recomputed = self.rotate(qs, ks, false)?.expect("tables present");
-                (recomputed.0.as_slice(), recomputed.1.as_slice())
-            }
-            (None, None) => (qs, ks),
+        // The forward kept the rotated q and k exactly when the op rotates.
+        let (qr, kr) = match &saved.roped {
+            Some((a, b)) => (T::cpu_storage_as_slice(a)?, T::cpu_storage_as_slice(b)?),
+            None => (qd.get::<T>()?, kd.get::<T>()?),
         };
         let lse = T::cpu_storage_as_slice(&saved.lse)?;
         let (dq, dk, dv) = backward(self, self.d, qr, kr, vd.get()?, od.get()?, lse, gd.get()?);
@@ -400,12 +395,11 @@ pub fn causal_attention_with(
     window: Option<usize>,
     scale: f64,
 ) -> Result<Tensor> {
-    let keep = [q, k, v].iter().any(|t| t.track_op());
     let rope = match rope {
         Some((c, s)) => Some((c.contiguous()?, s.contiguous()?)),
         None => None,
     };
-    let op = CausalAttention { d, window, scale, rope, keep, saved: Mutex::new(None) };
+    let op = CausalAttention { d, window, scale, rope, saved: Mutex::new(None) };
     Ok(q.apply_op3(k, v, op)?)
 }
 

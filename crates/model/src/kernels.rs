@@ -342,9 +342,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// are summed by two more adds; here the backward turns the kept projections into their gradients
 /// in place and sums `dx` inside the gemms.
 struct GatedUp {
-    /// Keep the projections `(x wg^T, x wu^T)` for the backward (some input is on a graph);
-    /// otherwise, or when a second backward finds them taken, the backward recomputes them.
-    keep: bool,
+    /// The projections `(x wg^T, x wu^T)` kept for the backward, which consumes them; a second
+    /// backward finds them taken and recomputes them. (Without a graph candle drops the op, and
+    /// these, with the forward.)
     saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
 
@@ -373,8 +373,8 @@ fn gated_up_bwd<T: Real>(x: &[T], wg: &[T], wu: &[T], (mut g, mut u): (Vec<T>, V
 impl GatedUp {
     fn fwd<T: Real>(&self, x: &[T], wg: &[T], wu: &[T], din: usize, dff: usize) -> candle_core::Result<CpuStorage> {
         let (h, (g, u)) = gated_up_fwd(x, wg, wu, din, dff);
-        let kept = self.keep.then(|| (T::to_cpu_storage_owned(g), T::to_cpu_storage_owned(u)));
-        *self.saved.lock().map_err(|_| msg("fused gated_up: poisoned lock"))? = kept;
+        let kept = (T::to_cpu_storage_owned(g), T::to_cpu_storage_owned(u));
+        *self.saved.lock().map_err(|_| msg("fused gated_up: poisoned lock"))? = Some(kept);
         Ok(T::to_cpu_storage_owned(h))
     }
 
@@ -442,8 +442,7 @@ impl CustomOp3 for GatedUp {
 /// Fused `silu(x wg^T) * (x wu^T)` for `x [.., in]` and `wg`, `wu` `[ffn, in]` (all contiguous, one
 /// dtype), with backward for all three.
 pub fn gated_up(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
-    let keep = x.track_op() || wg.track_op() || wu.track_op();
-    Ok(x.apply_op3(wg, wu, GatedUp { keep, saved: Mutex::new(None) })?)
+    Ok(x.apply_op3(wg, wu, GatedUp { saved: Mutex::new(None) })?)
 }
 
 // ---------------------------------------------------------------- RoPE
